@@ -1,0 +1,50 @@
+// mole's Linear: y = x W^T + b, the one place where adapters attach (llama.cpp's "single matmul hook").
+// Unlike torch::nn::Linear it can skip its random initialisation (NoInitGuard) so that a checkpoint loader
+// does not pay for, or hold in memory, weights it is about to overwrite: torch::empty is lazily backed, so a
+// 7B model built under the guard costs no memory until its tensors are loaded.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+namespace mole {
+
+// While one is alive on this thread, mole modules allocate their parameters without initialising them.
+class NoInitGuard {
+ public:
+  NoInitGuard();
+  ~NoInitGuard();
+  NoInitGuard(const NoInitGuard&) = delete;
+  NoInitGuard& operator=(const NoInitGuard&) = delete;
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
+struct LinearOptions {
+  LinearOptions(int64_t in_features, int64_t out_features) : in_features_(in_features), out_features_(out_features) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  /// Whether the layer has an additive bias.
+  TORCH_ARG(bool, bias) = true;
+};
+
+class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
+ public:
+  explicit LinearImpl(const LinearOptions& options);
+  void reset() override;
+  // Kaiming-uniform weight and uniform bias, as torch.nn.Linear.
+  void reset_parameters();
+  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out)
+
+  LinearOptions options;
+  torch::Tensor weight;  // (out, in)
+  torch::Tensor bias;    // (out) or undefined
+};
+TORCH_MODULE(Linear);
+
+}  // namespace mole

@@ -1,0 +1,12 @@
+// The subcommands of the `mole` program; each returns the process exit code.
+#pragma once
+
+namespace mole {
+
+// Sets LibTorch's intra-op threads: MOLE_THREADS when set, else every core of the machine.
+int configure_threads();
+
+int cmd_info(int argc, char** argv);     // mole info DIR
+int cmd_forward(int argc, char** argv);  // mole forward --model DIR --inputs IN --out OUT
+
+}  // namespace mole

@@ -1,0 +1,56 @@
+// mole: the command-line program. Each subcommand lives in pipelines/cmd_<name>.cpp.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include <c10/util/Exception.h>
+
+#include "pipelines/args.h"
+#include "pipelines/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"info", mole::cmd_info, "describe a llava-hf checkpoint folder and this build"},
+    {"forward", mole::cmd_forward, "run a checkpoint on input tensors and write logits (parity checks)"},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "usage: mole <command> [options]   (mole <command> --help for its options)\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      mole::configure_threads();
+      return c.run(argc, argv);
+    } catch (const mole::UsageError& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 2;
+    } catch (const c10::Error& e) {  // shape checks inside torch: the message without the C++ backtrace
+      std::fprintf(stderr, "mole %s: error: %s\n", c.name, e.what_without_backtrace());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mole %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "mole: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
