@@ -26,15 +26,17 @@ int cmd_forward(int argc, char** argv) {
       .option("inputs", "safetensors with input_ids, attention_mask, pixel_values, position_ids", "", true)
       .option("out", "safetensors to write: logits, and with --hidden-states the intermediates", "", true)
       .option("dtype", "weights and compute dtype: float32, bfloat16, float16", "float32")
+      .option("device", "cpu, cuda or cuda:N", "cpu")
       .flag("hidden-states",
             "also write vision_hidden_states.N, vision_features, image_features and hidden_states.N");
   if (!args.parse(argc, argv)) return 0;
 
   auto dtype = parse_float_dtype(args.get("dtype"), "--dtype");
-  auto loaded = load_llava(args.get("model"), dtype);
+  torch::Device device(args.get("device"));
+  auto loaded = load_llava(args.get("model"), dtype, device);
   SafetensorsFile inputs(args.get("inputs"));
   auto get = [&](const std::string& name, torch::ScalarType type) {
-    return inputs.contains(name) ? inputs.tensor(name, type) : torch::Tensor();
+    return inputs.contains(name) ? inputs.tensor(name, type).to(device) : torch::Tensor();
   };
   auto input_ids = get("input_ids", torch::kInt64);
   if (!input_ids.defined()) throw FormatError(args.get("inputs") + ": no tensor 'input_ids'");
@@ -48,9 +50,9 @@ int cmd_forward(int argc, char** argv) {
   auto logits = loaded.model->forward(input_ids, attention_mask, pixel_values, position_ids,
                                       want_hidden ? &trace : nullptr);
 
-  std::vector<std::pair<std::string, torch::Tensor>> out = {{"logits", logits.to(torch::kFloat32)}};
+  std::vector<std::pair<std::string, torch::Tensor>> out = {{"logits", logits.to(torch::kFloat32).cpu()}};
   if (want_hidden) {
-    auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+    auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32).cpu(); };
     for (size_t i = 0; i < trace.vision_hidden_states.size(); ++i)
       out.emplace_back("vision_hidden_states." + std::to_string(i), f32(trace.vision_hidden_states[i]));
     if (trace.vision_features.defined()) out.emplace_back("vision_features", f32(trace.vision_features));
