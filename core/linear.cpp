@@ -36,6 +36,46 @@ void LinearImpl::reset_parameters() {
   }
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::linear(x, weight, bias); }
+torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) { return torch::linear(x, weight, bias); }
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  auto y = torch::linear(x, weight, bias);
+  if (adapter && !merged_) y = y + adapter->delta(x);
+  return y;
+}
+
+void LinearImpl::attach(std::shared_ptr<LinearAdapter> new_adapter) {
+  TORCH_CHECK(!merged_, "Linear: unmerge the current adapter before attaching another");
+  if (adapter) {
+    replace_module("adapter", new_adapter);
+  } else {
+    register_module("adapter", new_adapter);
+  }
+  adapter = std::move(new_adapter);
+}
+
+void LinearImpl::detach() {
+  TORCH_CHECK(!merged_, "Linear: unmerge the adapter before detaching it");
+  if (!adapter) return;
+  unregister_module("adapter");
+  adapter.reset();
+}
+
+void LinearImpl::merge() {
+  TORCH_CHECK(adapter, "Linear: no adapter to merge");
+  if (merged_) return;
+  torch::NoGradGuard no_grad;
+  auto delta = adapter->merged_delta();
+  TORCH_CHECK(delta.defined(), "Linear: this adapter depends on its input (a routed mixture) and cannot be merged");
+  weight.add_(delta.to(weight.dtype()));
+  merged_ = true;
+}
+
+void LinearImpl::unmerge() {
+  if (!merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.sub_(adapter->merged_delta().to(weight.dtype()));
+  merged_ = false;
+}
 
 }  // namespace mole

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
@@ -25,6 +26,16 @@ class NoInitGuard {
   bool previous_;
 };
 
+// What an adapter (LoRA, MoLE) adds to a frozen Linear: y = W x + b + delta(x). Attached with
+// LinearImpl::attach(), registered as the submodule "adapter", so the model code never knows it is there.
+class LinearAdapter : public torch::nn::Module {
+ public:
+  // x (..., in) -> (..., out) in x's dtype.
+  virtual torch::Tensor delta(const torch::Tensor& x) = 0;
+  // The dense (out, in) weight change when the adapter is input-independent (plain LoRA), else undefined.
+  virtual torch::Tensor merged_delta() { return {}; }
+};
+
 struct LinearOptions {
   LinearOptions(int64_t in_features, int64_t out_features) : in_features_(in_features), out_features_(out_features) {}
   TORCH_ARG(int64_t, in_features);
@@ -39,11 +50,23 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
   void reset() override;
   // Kaiming-uniform weight and uniform bias, as torch.nn.Linear.
   void reset_parameters();
-  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out)
+  torch::Tensor forward(const torch::Tensor& x);  // (..., in) -> (..., out), adapter included
+  torch::Tensor base_forward(const torch::Tensor& x);  // W x + b without the adapter
+
+  void attach(std::shared_ptr<LinearAdapter> adapter);  // replaces any previous adapter
+  void detach();
+  // Folds a merge-able adapter (plain LoRA) into W, so inference costs nothing extra; unmerge() undoes it.
+  void merge();
+  void unmerge();
+  bool merged() const { return merged_; }
 
   LinearOptions options;
   torch::Tensor weight;  // (out, in)
   torch::Tensor bias;    // (out) or undefined
+  std::shared_ptr<LinearAdapter> adapter;
+
+ private:
+  bool merged_ = false;
 };
 TORCH_MODULE(Linear);
 

@@ -19,6 +19,7 @@ torch::Tensor generate_greedy(LlamaForCausalLM& lm, const torch::Tensor& inputs_
   auto unfinished = torch::ones({b}, mask.options());  // 1 while a sequence still runs
 
   auto positions = positions_from_mask(mask);                     // (B, T)
+  if (options.before_forward) options.before_forward(mask, /*prefill=*/true);
   auto hidden = lm->model->forward(inputs_embeds, positions, mask, &cache);
   auto next_position = positions.select(1, t - 1) + 1;            // (B)
   std::vector<torch::Tensor> generated;
@@ -31,6 +32,7 @@ torch::Tensor generate_greedy(LlamaForCausalLM& lm, const torch::Tensor& inputs_
     if (eos.numel() > 0) unfinished = unfinished * (1 - torch::isin(next, eos).to(torch::kInt64));
     if (step + 1 == options.max_new_tokens || unfinished.max().item<int64_t>() == 0) break;
     mask = torch::cat({mask, torch::ones({b, 1}, mask.options())}, 1);
+    if (options.before_forward) options.before_forward(unfinished.unsqueeze(1), /*prefill=*/false);
     hidden = lm->model->forward(lm->embed(next.unsqueeze(1)), next_position.unsqueeze(1), mask, &cache);
     next_position = next_position + 1;
   }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <torch/types.h>
@@ -19,6 +20,9 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;      // LLaVA's eval default
   std::vector<int64_t> eos_token_ids;  // empty: never stop early
   int64_t pad_token_id = 0;          // written after a sequence has ended
+  // Called before each forward with the new tokens' mask (B, T_new; 1 = real token) and whether it is the
+  // prompt (prefill) or a generated token; lets a caller label the tokens (e.g. for routing statistics).
+  std::function<void(const torch::Tensor& new_tokens_mask, bool prefill)> before_forward;
 };
 
 // inputs_embeds (B, T, D) (image features already merged), attention_mask (B, T) -> new token ids (B, N),

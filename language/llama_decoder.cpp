@@ -96,8 +96,24 @@ LlamaMlpImpl::LlamaMlpImpl(const TextConfig& config_) : config(config_) {
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  if (adapter) return adapter->forward(x, *this);
   // down_proj(act_fn(gate_proj(x)) * up_proj(x))
   return down_proj(apply_activation(config.hidden_act, gate_proj(x)) * up_proj(x));
+}
+
+void LlamaMlpImpl::attach(std::shared_ptr<MlpAdapter> new_adapter) {
+  if (adapter) {
+    replace_module("adapter", new_adapter);
+  } else {
+    register_module("adapter", new_adapter);
+  }
+  adapter = std::move(new_adapter);
+}
+
+void LlamaMlpImpl::detach() {
+  if (!adapter) return;
+  unregister_module("adapter");
+  adapter.reset();
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextConfig& config) {

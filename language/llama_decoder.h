@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -56,13 +57,25 @@ class LlamaAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaAttention);
 
+class LlamaMlpImpl;
+
+// An adapter that replaces the whole SwiGLU block's computation (FFN-level MoLE: one router per block).
+// Registered as the submodule "adapter" of the MLP; it reuses the block's frozen projections.
+class MlpAdapter : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x, LlamaMlpImpl& mlp) = 0;  // (B, T, D) -> (B, T, D)
+};
+
 class LlamaMlpImpl : public torch::nn::Module {
  public:
   explicit LlamaMlpImpl(const TextConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, D) -> (B, T, D)
+  void attach(std::shared_ptr<MlpAdapter> adapter);
+  void detach();
 
   TextConfig config;
   Linear gate_proj = nullptr, up_proj = nullptr, down_proj = nullptr;
+  std::shared_ptr<MlpAdapter> adapter;
 };
 TORCH_MODULE(LlamaMlp);
 

@@ -78,6 +78,10 @@ torch::Tensor LlavaImpl::image_features(const torch::Tensor& pixel_values, Llava
   std::vector<int64_t> indices;  // hidden_states[layer] with Python's negative indexing
   for (int64_t layer : config.vision_feature_layers) indices.push_back(layer < 0 ? n_states + layer : layer);
   int64_t n_run = trace ? config.vision.n_layers : *std::max_element(indices.begin(), indices.end());
+  // Every token of the vision tower and the projector is an image token.
+  RoutingContext context = routing_context_for(torch::full({pixel_values.size(0) * (config.vision.n_patches() + 1)},
+                                                           kModalityImage, torch::TensorOptions().dtype(torch::kInt64)));
+  RoutingScope scope(&context);
   auto states = vision_tower->hidden_states(pixel_values, n_run);
 
   std::vector<torch::Tensor> selected;
@@ -87,6 +91,9 @@ torch::Tensor LlavaImpl::image_features(const torch::Tensor& pixel_values, Llava
     selected.push_back(config.vision_feature_select_strategy == "default" ? s.narrow(1, 1, s.size(1) - 1) : s);
   }
   auto vision_features = torch::cat(selected, -1);                   // (I, N, Dv*layers)
+  context.modality = torch::full({vision_features.size(0) * vision_features.size(1)}, kModalityImage,
+                                 context.modality.options());
+  context.valid = torch::ones_like(context.modality, torch::kBool);
   auto features = multi_modal_projector(vision_features);            // (I, N, Dt)
   if (trace) {
     trace->vision_hidden_states = states;
@@ -124,6 +131,8 @@ torch::Tensor LlavaImpl::forward(const torch::Tensor& input_ids, const torch::Te
               input_ids.sizes());
   auto positions = position_ids.defined() ? position_ids : positions_from_mask(mask);
   auto embeds = embed(input_ids, pixel_values, trace);
+  RoutingContext context = routing_context_for(token_modality(input_ids), mask);
+  RoutingScope scope(&context);
   auto hidden = language_model->model->forward(embeds, positions, mask, nullptr,
                                                trace ? &trace->hidden_states : nullptr);
   return language_model->logits(hidden);  // (B, T, V)
@@ -134,7 +143,31 @@ torch::Tensor LlavaImpl::generate(const torch::Tensor& input_ids, const torch::T
   torch::NoGradGuard no_grad;
   auto embeds = embed(input_ids, pixel_values);
   auto mask = attention_mask.defined() ? attention_mask : torch::ones_like(input_ids);
-  return generate_greedy(language_model, embeds, mask, options);
+  // Prompt tokens keep their modality; generated tokens are text, counted apart (phase kGenerate).
+  RoutingContext context = routing_context_for(token_modality(input_ids), mask);
+  RoutingScope scope(&context);
+  GenerateOptions with_labels = options;
+  auto prompt_modality = context.modality;
+  with_labels.before_forward = [&](const torch::Tensor& new_mask, bool prefill) {
+    context.phase = prefill ? RoutePhase::kPrefill : RoutePhase::kGenerate;
+    context.modality = prefill ? prompt_modality : torch::full({new_mask.numel()}, kModalityText, prompt_modality.options());
+    context.valid = new_mask.reshape({-1}).to(torch::kBool);
+    if (options.before_forward) options.before_forward(new_mask, prefill);
+  };
+  return generate_greedy(language_model, embeds, mask, with_labels);
+}
+
+torch::Tensor LlavaImpl::token_modality(const torch::Tensor& input_ids) const {
+  return (input_ids == config.image_token_index).to(torch::kInt64) * kModalityImage;  // text 0, image 1
+}
+
+RoutingContext LlavaImpl::routing_context_for(const torch::Tensor& modality, const torch::Tensor& mask) const {
+  RoutingContext context;
+  context.modality = modality.reshape({-1});
+  context.valid = mask.defined() ? mask.reshape({-1}).to(torch::kBool) : torch::ones_like(context.modality, torch::kBool);
+  context.stats = routing_stats;
+  context.losses = routing_losses;
+  return context;
 }
 
 }  // namespace mole

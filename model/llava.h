@@ -15,6 +15,7 @@
 #include <torch/nn/module.h>
 
 #include "language/generate.h"
+#include "moe/routing_context.h"
 #include "language/llama_decoder.h"
 #include "vision/clip_vit.h"
 #include "vision/projector.h"
@@ -65,6 +66,15 @@ class LlavaImpl : public torch::nn::Module {
   // Greedy decoding of left-padded prompts. (B, T) -> (B, N<=max_new_tokens)
   torch::Tensor generate(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                          const torch::Tensor& pixel_values, const GenerateOptions& options);
+
+  // Where MoLE layers send routing statistics and balance losses during forward/generate (null: nowhere).
+  RoutingStats* routing_stats = nullptr;
+  std::vector<std::pair<std::string, BalanceLosses>>* routing_losses = nullptr;
+
+  // Modality of each token id: image for image_token_index, else text. (B, T) -> (B, T) int64
+  torch::Tensor token_modality(const torch::Tensor& input_ids) const;
+  // A routing context over these tokens (flattened), with this model's sinks; mask undefined = all valid.
+  RoutingContext routing_context_for(const torch::Tensor& modality, const torch::Tensor& mask = {}) const;
 
   LlavaConfig config;
   ClipVisionModel vision_tower = nullptr;

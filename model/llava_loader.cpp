@@ -90,7 +90,8 @@ std::vector<WeightEntry> llava_weight_table(Llava& model) {
 }
 
 std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntry>& table, const TensorStore& store,
-                                                    const std::string& dir, bool tied_embeddings) {
+                                                    const std::string& dir, bool tied_embeddings,
+                                                    const std::string& what) {
   std::map<std::string, std::string> matched;
   std::set<std::string> used;
   std::vector<std::string> missing, mismatched, unexpected;
@@ -104,7 +105,7 @@ std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntr
     if (!found) {
       std::string also;
       for (size_t i = 1; i < entry.sources.size(); ++i) also += (i > 1 ? ", " : "") + entry.sources[i];
-      missing.push_back(entry.name + " (also looked for " + also + ")");
+      missing.push_back(entry.name + (also.empty() ? "" : " (also looked for " + also + ")"));
       continue;
     }
     used.insert(*found);
@@ -124,7 +125,7 @@ std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntr
   }
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
     std::ostringstream out;
-    out << dir << ": checkpoint does not match its config.json";
+    out << dir << ": " << what;
     list_names(out, "missing tensors", missing);
     list_names(out, "shapes that disagree with config.json", mismatched);
     list_names(out, "unexpected tensors", unexpected);

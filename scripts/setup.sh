@@ -59,10 +59,10 @@ else
     "$py" -m pip install -q torch==2.13.0
   fi
 fi
-# Reference tests compare mole against transformers itself.
-if ! "$py" -c 'import transformers, safetensors, numpy' 2>/dev/null; then
-  step "installing transformers, safetensors, numpy into .venv"
-  "$py" -m pip install -q transformers==5.23.0 safetensors==0.8.0 numpy==2.4.6
+# Reference tests compare mole against transformers and peft themselves.
+if ! "$py" -c 'import transformers, safetensors, numpy, peft' 2>/dev/null; then
+  step "installing transformers, peft, safetensors, numpy into .venv"
+  "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6
 fi
 
 # ---- Configure and build -----------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+// Balance and stability losses of a router (MOE.md "Balance and stability losses"), each with its own
+// coefficient, summed over layers by the trainer and logged apart.
+// Sources: Switch Transformers (switch_aux, eq. 4), Shazeer et al. 2017 (importance and load as CV^2, written
+// as the cv_squared of the PyTorch ports of the sparsely-gated MoE), ST-MoE (z_loss), and the plain
+// squared-deviation form (sq_dev).
+//
+// Every loss works on the tokens of `mask` and the experts of `experts`. Neither needs a host sync: the token
+// and expert selections are 0/1 weights, counts stay on the device, and no valid tokens gives exactly 0.
+// Computed in float32 (float64 when the routing is float64, which the tests use for gradient checks).
+//
+// N=tokens E=experts K=top-k G=groups of tokens (modalities with per_modality, else 1)
+#pragma once
+
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "moe/routing.h"
+
+namespace mole {
+
+struct BalanceLossOptions {  // coefficients; 0 = off
+  double switch_aux = 0.0, importance = 0.0, load = 0.0, z_loss = 0.0, sq_dev = 0.0;
+  bool switch_use_topk = false;  // f_i from all top-k slots (count / (T*K)) instead of top-1 only
+  bool per_modality = false;     // each loss over each modality's tokens and that modality's allowed experts,
+                                 // averaged over the modalities present
+
+  // Keys are the field names. from_json takes this struct's own object: every key is optional, an unknown key
+  // (a misspelt coefficient would silently be off) or a negative coefficient is a ConfigError naming `where`.
+  nlohmann::json to_json() const;
+  static BalanceLossOptions from_json(const nlohmann::json& j, const std::string& where);
+  bool any() const;  // some coefficient is nonzero
+};
+
+// Each loss is over the tokens where `mask` (N, bool) is true and the experts where `experts` (E, bool) is true;
+// an undefined tensor means all. T = tokens considered, n = experts considered. Returns a scalar.
+// No token considered gives 0 (never NaN); so does a single expert for the CV^2 losses (as cv_squared does).
+//
+// switch_aux: n * sum_i f_i * P_i, P_i = mean_t probs_ti, f_i = fraction of tokens whose top-1 is i, or with
+//             use_topk the fraction of the T*K top-k slots that hold i. f is a count: no gradient flows through it.
+torch::Tensor switch_aux_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {},
+                              bool use_topk = false);
+// importance: CV(Importance)^2, Importance_i = sum_t gates_ti; CV^2 = var / (mean^2 + 1e-10) with the unbiased
+//             variance over the n experts (torch's default var, as Shazeer's cv_squared).
+torch::Tensor importance_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
+// load:       CV(counts)^2, counts_i = tokens with i among their top-k. A count: the result has no gradient.
+torch::Tensor load_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
+// z_loss:     mean_t (logsumexp_i z_ti)^2, the logsumexp over the experts considered (disallowed ones are -inf).
+torch::Tensor z_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
+// sq_dev:     sum_i (1/n - mean_t gates_ti)^2.
+torch::Tensor sq_dev_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
+
+struct BalanceLosses {
+  // Unweighted scalar (float32) of every loss whose coefficient is nonzero:
+  // "switch_aux", "importance", "load", "z_loss", "sq_dev".
+  std::map<std::string, torch::Tensor> terms;
+  torch::Tensor total;  // sum of coefficient * term; a 0 scalar when none is on
+};
+
+// The losses that `options` turns on for one routing decision. valid (N, bool): false on padding, which no loss
+// sees. modality (N, int64).
+// per_modality: for each modality m in [0, kMaxModalities) present among the valid tokens, each loss over the
+// tokens valid & modality == m and the experts in the `allowed` row of the first such token (tokens of one
+// modality share their allowed row under every routing mode); each term is the mean over the modalities
+// present. Tokens whose modality is outside [0, kMaxModalities) belong to no modality and count in no term.
+BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, const torch::Tensor& valid,
+                             const BalanceLossOptions& options);
+
+}  // namespace mole

@@ -1,0 +1,47 @@
+// LoRA on a frozen Linear: y = W x + s * B A drop(x), A (r x in) Kaiming-uniform, B (out x r) zeros,
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA. Source: Hu et al. 2021; PEFT peft/tuners/lora/layer.py
+// (Linear.update_layer, reset_lora_parameters: kaiming_uniform_(a=sqrt(5)) on A, zeros on B).
+// Parameter names lora_A.weight / lora_B.weight as PEFT's.
+//
+// N=tokens I=in features O=out features R=rank
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/modules/dropout.h>
+
+#include "core/linear.h"
+
+namespace mole {
+
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023).
+double lora_scale(double alpha, int64_t rank, bool rslora);
+
+struct LoraOptions {
+  LoraOptions(int64_t in_features, int64_t out_features) : in_features_(in_features), out_features_(out_features) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(int64_t, rank) = 16;
+  TORCH_ARG(double, alpha) = 32.0;
+  /// Dropout on the adapter's input while training.
+  TORCH_ARG(double, dropout) = 0.0;
+  /// rsLoRA scaling alpha / sqrt(r).
+  TORCH_ARG(bool, rslora) = false;
+};
+
+class LoraImpl : public LinearAdapter {
+ public:
+  explicit LoraImpl(const LoraOptions& options);
+  void reset_parameters();
+  torch::Tensor delta(const torch::Tensor& x) override;  // (..., I) -> (..., O): s * B A drop(x)
+  torch::Tensor merged_delta() override;                 // s * B A, (O, I)
+  double scale() const { return lora_scale(options.alpha(), options.rank(), options.rslora()); }
+
+  LoraOptions options;
+  Linear lora_A = nullptr;  // (R, I)
+  Linear lora_B = nullptr;  // (O, R)
+  torch::nn::Dropout dropout = nullptr;
+};
+TORCH_MODULE(Lora);
+
+}  // namespace mole

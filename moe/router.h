@@ -1,0 +1,71 @@
+// Token router of a MoLE layer: logits z = W_g x in float32, a gating rule that turns them into top-k gate
+// weights, and modality-aware variants (MOE.md "Gating", "Modality-aware routing").
+// Sources: Mixtral (topk_softmax), Switch Transformers / GShard (softmax_topk, jitter), Shazeer et al. 2017
+// (noisy_topk), LLaVA-MoLE (modality-blind learned router), MoMa (modality-grouped experts).
+//
+// N=tokens D=router input E=experts K=top-k M=modalities
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include "moe/routing.h"
+
+namespace mole {
+
+enum class Gating { kTopkSoftmax, kSoftmaxTopk, kNoisyTopk };
+enum class RoutingMode { kLearned, kModalityGrouped, kModalityEmbed };
+
+Gating parse_gating(const std::string& name);  // topk_softmax | softmax_topk | noisy_topk
+std::string gating_name(Gating gating);
+RoutingMode parse_routing_mode(const std::string& name);  // learned | modality_grouped | modality_embed
+std::string routing_mode_name(RoutingMode mode);
+
+struct RouterOptions {
+  RouterOptions(int64_t in_features, int64_t n_experts) : in_features_(in_features), n_experts_(n_experts) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, n_experts);
+  /// Experts each token uses (1..n_experts, or 1..group size with modality_grouped).
+  TORCH_ARG(int64_t, top_k) = 2;
+  TORCH_ARG(Gating, gating) = Gating::kTopkSoftmax;
+  /// softmax_topk: divide the k chosen probabilities by their sum.
+  TORCH_ARG(bool, renormalize) = false;
+  /// Switch jitter: multiply the router input by U(1-e, 1+e) while training; 0 = off.
+  TORCH_ARG(double, jitter) = 0.0;
+  TORCH_ARG(RoutingMode, mode) = RoutingMode::kLearned;
+  /// modality_grouped: the modality each expert serves, or -1 for a shared expert any modality may use.
+  TORCH_ARG(std::vector<int64_t>, expert_modality) = {};
+  /// Modalities known to modality_embed and modality_grouped.
+  TORCH_ARG(int64_t, n_modalities) = 2;
+};
+
+class RouterImpl : public torch::nn::Module {
+ public:
+  explicit RouterImpl(const RouterOptions& options);
+  void reset() ;
+  void reset_parameters();
+  // x (N, D) in any dtype, modality (N) int64 -> the routing of every token, float32.
+  Routing forward(const torch::Tensor& x, const torch::Tensor& modality);
+  // (M, E) bool: which experts each modality may use.
+  torch::Tensor allowed_by_modality() const { return allowed_by_modality_; }
+
+  RouterOptions options;
+  torch::Tensor weight;              // (E, D) float32, W_g
+  torch::Tensor noise_weight;        // (E, D) float32, W_noise (noisy_topk only)
+  torch::Tensor modality_embedding;  // (M, D) float32, m_modality (modality_embed only)
+
+ private:
+  torch::Tensor allowed_by_modality_;  // (M, E) bool, a buffer
+};
+TORCH_MODULE(Router);
+
+// The routing for given logits (N, E) and allowed experts (N, E): the gating rule alone, shared by the router
+// and by tests. Ties in the top-k go to the lower expert index.
+Routing route_from_logits(const torch::Tensor& logits, const torch::Tensor& allowed, int64_t top_k, Gating gating,
+                          bool renormalize);
+
+}  // namespace mole

@@ -1,0 +1,220 @@
+// LoRA and both MoLE granularities against naive references: the formula evaluated token by token, and every
+// fast path (dense, sparse) against the plain per-expert loop, outputs and gradients, in float64.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "language/llama_decoder.h"
+#include "moe/lora.h"
+#include "moe/mole_ffn.h"
+#include "moe/mole_linear.h"
+#include "moe/routing_context.h"
+#include "tests/test_util.h"
+
+using namespace mole;
+using mole::test::max_abs_diff;
+
+namespace {
+
+// Random B (LoRA starts with B = 0, which would make every comparison trivially equal).
+void randomize(torch::nn::Module& module, double std = 0.3) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.named_parameters())
+    if (p.key().find("router") == std::string::npos) p.value().normal_(0.0, std);
+}
+
+std::vector<torch::Tensor> grads_of(torch::nn::Module& module, const torch::Tensor& x) {
+  std::vector<torch::Tensor> g = {x.grad().clone()};
+  for (auto& p : module.parameters())
+    if (p.grad().defined()) g.push_back(p.grad().clone());
+  return g;
+}
+
+void zero_grads(torch::nn::Module& module, torch::Tensor& x) {
+  for (auto& p : module.parameters())
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  if (x.grad().defined()) x.mutable_grad().zero_();
+}
+
+}  // namespace
+
+TEST_CASE("LoRA: s * B A x, rsLoRA scale, merge and unmerge", "[unit][moe][lora]") {
+  torch::manual_seed(0);
+  for (bool rslora : {false, true}) {
+    Linear base(LinearOptions(6, 5));
+    auto lora = std::make_shared<LoraImpl>(LoraOptions(6, 5).rank(3).alpha(4.0).rslora(rslora));
+    randomize(*lora);
+    base->to(torch::kFloat64);
+    lora->to(torch::kFloat64);
+    base->attach(lora);
+    double s = rslora ? 4.0 / std::sqrt(3.0) : 4.0 / 3.0;
+    auto x = torch::randn({4, 6}, torch::kFloat64);
+    auto want = torch::linear(x, base->weight, base->bias) +
+                s * torch::matmul(torch::matmul(x, lora->lora_A->weight.t()), lora->lora_B->weight.t());
+    CHECK(max_abs_diff(base(x), want) < 1e-12);
+    auto before = base->weight.clone();
+    base->merge();
+    CHECK(max_abs_diff(base(x), want) < 1e-12);  // merged: the adapter lives in W
+    base->unmerge();
+    CHECK(max_abs_diff(base->weight, before) < 1e-12);
+  }
+}
+
+TEST_CASE("linear-level MoLE equals the per-token formula; dense, sparse and naive agree with gradients",
+          "[unit][moe][mole_linear]") {
+  const int64_t n = 9, in = 6, out = 5;
+  for (int64_t k : {1, 2, 3}) {
+    for (bool shared : {false, true}) {
+      INFO("top_k " << k << " shared " << shared);
+      torch::manual_seed(10 + k);
+      auto options = MoleOptions().n_experts(4).top_k(k).rank(2).alpha(3.0).shared_expert(shared);
+      auto mole = std::make_shared<MoleLinearImpl>(in, out, options, "test");
+      randomize(*mole);
+      mole->to(torch::kFloat64);
+      mole->router->to(torch::kFloat32);  // the router stays float32
+      {
+        torch::NoGradGuard no_grad;
+        mole->router->weight.normal_();
+      }
+      auto x = torch::randn({n, in}, torch::kFloat64).requires_grad_(true);
+      auto routing = mole->router->forward(x, torch::zeros({n}, torch::kInt64));
+
+      // Formula, token by token: sum_{i in TopK} G_i * s * B_i A_i x
+      double s = mole->scale();
+      std::vector<torch::Tensor> rows;
+      for (int64_t t = 0; t < n; ++t) {
+        auto y = torch::zeros({out}, torch::kFloat64);
+        for (int64_t j = 0; j < k; ++j) {
+          int64_t i = routing.topk_index[t][j].item<int64_t>();
+          y = y + routing.topk_weight[t][j].to(torch::kFloat64) * s *
+                      torch::mv(mole->lora_B[i], torch::mv(mole->lora_A[i], x[t]));
+        }
+        if (shared) y = y + mole->shared->delta(x[t].unsqueeze(0)).squeeze(0);
+        rows.push_back(y);
+      }
+      auto want = torch::stack(rows).detach();
+
+      std::vector<std::vector<torch::Tensor>> grads;
+      auto upstream = torch::randn({n, out}, torch::kFloat64);
+      for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
+        INFO("dispatch " << dispatch_name(dispatch));
+        zero_grads(*mole, x);
+        mole->options.dispatch(dispatch);
+        auto y = mole->delta(x);  // routes again: same weights, same routing
+        CHECK(max_abs_diff(y, want) < 1e-6);  // float32 gates
+        (y * upstream).sum().backward();
+        grads.push_back(grads_of(*mole, x));
+      }
+      for (size_t i = 1; i < grads.size(); ++i) {
+        REQUIRE(grads[i].size() == grads[0].size());
+        for (size_t j = 0; j < grads[0].size(); ++j) CHECK(max_abs_diff(grads[i][j], grads[0][j]) < 1e-9);
+      }
+    }
+  }
+}
+
+TEST_CASE("FFN-level MoLE equals the per-token formula; dense, sparse and naive agree with gradients",
+          "[unit][moe][mole_ffn]") {
+  const int64_t n = 8, d = 6, f = 10;
+  TextConfig text;
+  text.hidden_size = d;
+  text.intermediate_size = f;
+  for (int64_t k : {1, 2}) {
+    for (bool shared : {false, true}) {
+      INFO("top_k " << k << " shared " << shared);
+      torch::manual_seed(20 + k);
+      LlamaMlp mlp(text);
+      mlp->to(torch::kFloat64);
+      auto options = MoleOptions().n_experts(3).top_k(k).rank(2).alpha(2.0).shared_expert(shared);
+      auto ffn = std::make_shared<MoleFfnImpl>(d, f, Activation::kSilu, options, "test.mlp");
+      randomize(*ffn);
+      ffn->to(torch::kFloat64);
+      ffn->router->to(torch::kFloat32);
+      {
+        torch::NoGradGuard no_grad;
+        ffn->router->weight.normal_();
+      }
+      mlp->attach(ffn);
+      auto x = torch::randn({n, d}, torch::kFloat64).requires_grad_(true);
+      auto routing = ffn->router->forward(x, torch::zeros({n}, torch::kInt64));
+
+      // Formula: y = sum_{i in TopK} G_i (W_d' h_i + dD_i h_i), h_i = act(W_g' x + dG_i x) * (W_u' x + dU_i x),
+      // W' = W + shared LoRA.
+      double s = ffn->scale();
+      auto lr = [&](const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v) {
+        return s * torch::mv(b, torch::mv(a, v));
+      };
+      std::vector<torch::Tensor> rows;
+      for (int64_t t = 0; t < n; ++t) {
+        auto xt = x[t].detach();
+        auto g0 = torch::mv(mlp->gate_proj->weight, xt), u0 = torch::mv(mlp->up_proj->weight, xt);
+        if (shared) {
+          g0 = g0 + ffn->shared_gate->delta(xt.unsqueeze(0)).squeeze(0);
+          u0 = u0 + ffn->shared_up->delta(xt.unsqueeze(0)).squeeze(0);
+        }
+        auto y = torch::zeros({d}, torch::kFloat64);
+        for (int64_t j = 0; j < k; ++j) {
+          int64_t i = routing.topk_index[t][j].item<int64_t>();
+          auto h = torch::silu(g0 + lr(ffn->gate_A[i], ffn->gate_B[i], xt)) * (u0 + lr(ffn->up_A[i], ffn->up_B[i], xt));
+          auto o = torch::mv(mlp->down_proj->weight, h) + lr(ffn->down_A[i], ffn->down_B[i], h);
+          if (shared) o = o + ffn->shared_down->delta(h.unsqueeze(0)).squeeze(0);
+          y = y + routing.topk_weight[t][j].to(torch::kFloat64) * o;
+        }
+        rows.push_back(y);
+      }
+      auto want = torch::stack(rows).detach();
+
+      std::vector<std::vector<torch::Tensor>> grads;
+      auto upstream = torch::randn({n, d}, torch::kFloat64);
+      for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
+        INFO("dispatch " << dispatch_name(dispatch));
+        zero_grads(*ffn, x);
+        ffn->options.dispatch(dispatch);
+        auto y = mlp(x);  // the MLP block hands its computation to the adapter
+        CHECK(max_abs_diff(y, want) < 1e-6);
+        (y * upstream).sum().backward();
+        grads.push_back(grads_of(*ffn, x));
+      }
+      for (size_t i = 1; i < grads.size(); ++i) {
+        REQUIRE(grads[i].size() == grads[0].size());
+        for (size_t j = 0; j < grads[0].size(); ++j) CHECK(max_abs_diff(grads[i][j], grads[0][j]) < 1e-9);
+      }
+    }
+  }
+}
+
+TEST_CASE("MoLE layers read token modality from the routing scope and record statistics",
+          "[unit][moe][mole_linear]") {
+  torch::manual_seed(0);
+  BalanceLossOptions aux;
+  aux.switch_aux = 0.01;
+  auto options = MoleOptions().n_experts(4).top_k(1).rank(2).mode(RoutingMode::kModalityGrouped)
+                     .expert_modality({0, 0, 1, 1})
+                     .losses(aux);
+  MoleLinear mole(6, 4, options, "layer.q_proj");
+  auto x = torch::randn({2, 5, 6});
+  RoutingStats stats;
+  std::vector<std::pair<std::string, BalanceLosses>> losses;
+  RoutingContext context;
+  context.modality = torch::tensor({0, 1, 1, 0, 0, 1, 1, 1, 0, 0}, torch::kInt64);
+  context.valid = torch::ones({10}, torch::kBool);
+  context.stats = &stats;
+  context.losses = &losses;
+  {
+    RoutingScope scope(&context);
+    mole->delta(x);
+  }
+  REQUIRE(losses.size() == 1);
+  CHECK(losses[0].first == "layer.q_proj");
+  auto table = stats.to_json()["layers"]["layer.q_proj"]["prefill"];
+  // text tokens only on experts 0-1, image tokens only on 2-3
+  CHECK(table["text"]["top1"][2] == 0);
+  CHECK(table["text"]["top1"][3] == 0);
+  CHECK(table["image"]["top1"][0] == 0);
+  CHECK(table["image"]["top1"][1] == 0);
+  CHECK(table["text"]["tokens"] == 5);
+  CHECK(table["image"]["tokens"] == 5);
+}
