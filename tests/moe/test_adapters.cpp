@@ -154,3 +154,31 @@ TEST_CASE("an adapter on a base with other shapes is refused clearly", "[referen
   auto other3 = load_llava(ref + "/tiny_llava_variant");
   CHECK_THROWS_WITH(load_adapter(ref + "/peft/lora", other3.model), Catch::Contains("PEFT adapter does not fit"));
 }
+
+TEST_CASE("generation records routing of prompt and generated tokens apart", "[reference][adapter][stats]") {
+  std::string ref = mole::test::ref_dir();
+  auto loaded = load_llava(ref + "/tiny_llava");
+  AdapterConfig config;
+  config.kind = "mole";
+  config.n_experts = 4;
+  config.top_k = 1;
+  config.rank = 2;
+  attach_adapters(loaded.model, config);
+  randomize_adapters(loaded.model, 3);
+  RoutingStats stats;
+  loaded.model->routing_stats = &stats;
+  SafetensorsFile g(ref + "/tiny_llava/generate.safetensors");
+  auto ids = g.tensor("input_ids"), mask = g.tensor("attention_mask");
+  GenerateOptions options;
+  options.max_new_tokens = 4;  // no eos: both rows run all 4 steps
+  auto out = loaded.model->generate(ids, mask, g.tensor("pixel_values"), options);
+  REQUIRE(out.size(1) == 4);
+  auto table = stats.to_json()["layers"]["language_model.model.layers.0.mlp"];
+  int64_t image_tokens = (ids == loaded.config.image_token_index).sum().item<int64_t>();
+  int64_t prompt_text = mask.sum().item<int64_t>() - image_tokens;  // padding is not counted
+  CHECK(table["prefill"]["image"]["tokens"] == image_tokens);
+  CHECK(table["prefill"]["text"]["tokens"] == prompt_text);
+  // the first new token comes from the prefill; 3 more forwards of 2 rows each
+  CHECK(table["generate"]["text"]["tokens"] == 3 * 2);
+  CHECK_FALSE(table["generate"].contains("image"));
+}
