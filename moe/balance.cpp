@@ -247,4 +247,15 @@ BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, co
   return out;
 }
 
+BalanceLosses sum_over_layers(const std::vector<std::pair<std::string, BalanceLosses>>& per_layer) {
+  BalanceLosses sum;
+  for (const auto& [layer, losses] : per_layer) {
+    sum.total = sum.total.defined() ? sum.total + losses.total : losses.total;
+    for (const auto& [name, term] : losses.terms)
+      sum.terms[name] = sum.terms.count(name) ? sum.terms[name] + term : term;
+  }
+  if (!sum.total.defined()) sum.total = torch::zeros({}, torch::kFloat32);
+  return sum;
+}
+
 }  // namespace mole

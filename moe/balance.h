@@ -13,6 +13,8 @@
 
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
@@ -67,5 +69,9 @@ struct BalanceLosses {
 // present. Tokens whose modality is outside [0, kMaxModalities) belong to no modality and count in no term.
 BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, const torch::Tensor& valid,
                              const BalanceLossOptions& options);
+
+// The losses of every MoLE layer of one forward (as a RoutingContext collects them), summed over layers: each
+// term apart (for the log) and the weighted total (for the loss). Empty input gives an empty sum.
+BalanceLosses sum_over_layers(const std::vector<std::pair<std::string, BalanceLosses>>& per_layer);
 
 }  // namespace mole

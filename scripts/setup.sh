@@ -60,9 +60,9 @@ else
   fi
 fi
 # Reference tests compare mole against transformers and peft themselves.
-if ! "$py" -c 'import transformers, safetensors, numpy, peft' 2>/dev/null; then
-  step "installing transformers, peft, safetensors, numpy into .venv"
-  "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6
+if ! "$py" -c 'import transformers, safetensors, numpy, peft, PIL' 2>/dev/null; then
+  step "installing transformers, peft, safetensors, numpy, pillow into .venv"
+  "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6 pillow==13.0.0
 fi
 
 # ---- Configure and build -----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ std::pair<double, double> train(double switch_aux) {
     context.losses = &losses;
     RoutingScope scope(&context);
     auto loss = torch::mse_loss(mole->delta(x), target);
-    for (auto& [name, l] : losses) loss = loss + l.total;
+    loss = loss + sum_over_layers(losses).total;
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -55,7 +55,7 @@ std::pair<double, double> train(double switch_aux) {
 
 }  // namespace
 
-TEST_CASE("switch_aux loss spreads a collapsed router's load; without it the load stays skewed",
+TEST_CASE("switch_aux loss spreads a collapsed router's load and without it the load stays skewed",
           "[unit][moe][balance]") {
   auto [off_before, off_after] = train(0.0);
   auto [on_before, on_after] = train(0.5);

@@ -63,7 +63,7 @@ TEST_CASE("LoRA: s * B A x, rsLoRA scale, merge and unmerge", "[unit][moe][lora]
   }
 }
 
-TEST_CASE("linear-level MoLE equals the per-token formula; dense, sparse and naive agree with gradients",
+TEST_CASE("linear-level MoLE equals the per-token formula and dense, sparse and naive agree with gradients",
           "[unit][moe][mole_linear]") {
   const int64_t n = 9, in = 6, out = 5;
   for (int64_t k : {1, 2, 3}) {
@@ -116,7 +116,7 @@ TEST_CASE("linear-level MoLE equals the per-token formula; dense, sparse and nai
   }
 }
 
-TEST_CASE("FFN-level MoLE equals the per-token formula; dense, sparse and naive agree with gradients",
+TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and naive agree with gradients",
           "[unit][moe][mole_ffn]") {
   const int64_t n = 8, d = 6, f = 10;
   TextConfig text;
@@ -217,4 +217,31 @@ TEST_CASE("MoLE layers read token modality from the routing scope and record sta
   CHECK(table["image"]["top1"][1] == 0);
   CHECK(table["text"]["tokens"] == 5);
   CHECK(table["image"]["tokens"] == 5);
+}
+
+TEST_CASE("balance losses of all MoLE layers are collected per layer and summed apart", "[unit][moe][balance]") {
+  torch::manual_seed(1);
+  BalanceLossOptions aux;
+  aux.switch_aux = 0.5;
+  aux.z_loss = 0.1;
+  auto options = MoleOptions().n_experts(4).top_k(2).rank(2).losses(aux);
+  MoleLinear first(6, 6, options, "l0"), second(6, 3, options, "l1");
+  auto x = torch::randn({7, 6});
+  std::vector<std::pair<std::string, BalanceLosses>> losses;
+  RoutingContext context;
+  context.losses = &losses;
+  {
+    RoutingScope scope(&context);
+    second->delta(x + first->delta(x));
+  }
+  REQUIRE(losses.size() == 2);
+  CHECK(losses[0].first == "l0");
+  CHECK(losses[1].first == "l1");
+  auto sum = sum_over_layers(losses);
+  for (const char* term : {"switch_aux", "z_loss"})
+    CHECK(sum.terms.at(term).item<double>() ==
+          Approx(losses[0].second.terms.at(term).item<double>() + losses[1].second.terms.at(term).item<double>()));
+  CHECK(sum.total.item<double>() ==
+        Approx(0.5 * sum.terms.at("switch_aux").item<double>() + 0.1 * sum.terms.at("z_loss").item<double>()));
+  CHECK(sum_over_layers({}).total.item<double>() == 0.0);
 }
