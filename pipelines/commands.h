@@ -8,5 +8,7 @@ int configure_threads();
 
 int cmd_info(int argc, char** argv);     // mole info DIR
 int cmd_forward(int argc, char** argv);  // mole forward --model DIR --inputs IN --out OUT
+int cmd_make_data(int argc, char** argv);  // mole make-data shapes --out DIR
+int cmd_train_tokenizer(int argc, char** argv);  // mole train-tokenizer --corpus FILE --vocab-size N --out DIR
 
 }  // namespace mole

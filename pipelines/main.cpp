@@ -20,6 +20,8 @@ struct Command {
 const Command kCommands[] = {
     {"info", mole::cmd_info, "describe a llava-hf checkpoint folder and this build"},
     {"forward", mole::cmd_forward, "run a checkpoint on input tensors and write logits (parity checks)"},
+    {"make-data", mole::cmd_make_data, "write the synthetic shapes dataset (images, instructions, eval files)"},
+    {"train-tokenizer", mole::cmd_train_tokenizer, "train a LLaMA-style sentencepiece tokenizer folder"},
 };
 
 void usage(FILE* out) {

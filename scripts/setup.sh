@@ -60,9 +60,11 @@ else
   fi
 fi
 # Reference tests compare mole against transformers and peft themselves.
-if ! "$py" -c 'import transformers, safetensors, numpy, peft, PIL' 2>/dev/null; then
-  step "installing transformers, peft, safetensors, numpy, pillow into .venv"
-  "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6 pillow==13.0.0
+# (sentencepiece and protobuf: transformers 5 converts a tokenizer.model with them.)
+if ! "$py" -c 'import transformers, safetensors, numpy, peft, PIL, sentencepiece, google.protobuf' 2>/dev/null; then
+  step "installing transformers, peft, safetensors, numpy, pillow, sentencepiece, protobuf into .venv"
+  "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6 pillow==13.0.0 \
+    sentencepiece==0.2.3 protobuf==7.36.2
 fi
 
 # ---- Configure and build -----------------------------------------------------------------------------------

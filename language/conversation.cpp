@@ -1,0 +1,208 @@
+#include "language/conversation.h"
+
+#include <algorithm>
+
+#include "core/json_config.h"
+
+namespace mole {
+namespace {
+
+const std::string kImageTag = "<image>";
+
+// LLaVA conversation.py: conv_vicuna_v1.system and conv_llava_llama_2.system.
+const std::string kVicunaSystem =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.";
+const std::string kLlavaLlama2System =
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the "
+    "user provides, and assist the user with a variety of tasks using natural language.";
+
+// One piece of the prompt, encoded on its own. kText: Tokenizer::encode (dummy prefix: it starts the string
+// or follows a special token); kContinuation: Tokenizer::encode_no_prefix (it continues the text before
+// it, starting with the space that separates them); kBos / kEos: that single id.
+struct Segment {
+  enum Kind { kText, kContinuation, kBos, kEos };
+  Kind kind;
+  std::string text;  // as it appears in the prompt string ("<s>" / "</s>" for kBos / kEos)
+  bool supervised;
+};
+
+// Python's str.strip() for ASCII whitespace.
+std::string strip(const std::string& s) {
+  const char* ws = " \t\n\r\v\f";
+  size_t begin = s.find_first_not_of(ws);
+  if (begin == std::string::npos) return "";
+  size_t end = s.find_last_not_of(ws);
+  return s.substr(begin, end - begin + 1);
+}
+
+// Checks the roles and lays the conversation out as segments; returns the problem, "" when fine.
+std::string build_segments(const std::vector<Turn>& turns, Template t, std::vector<Segment>* segments) {
+  for (size_t i = 0; i < turns.size(); ++i) {
+    const std::string& role = turns[i].role;
+    if (role != "human" && role != "gpt") return "unknown role '" + role + "'";
+    if (role != (i % 2 == 0 ? "human" : "gpt"))
+      return "roles do not alternate human/gpt (turn " + std::to_string(i) + " is '" + role + "')";
+  }
+  size_t n_rounds = turns.size() / 2;  // a trailing human turn without an answer is dropped
+  if (n_rounds == 0) return "no assistant turn";
+  std::vector<std::string> texts;
+  for (size_t i = 0; i < 2 * n_rounds; ++i) texts.push_back(move_image_to_front(turns[i].text));
+
+  auto add = [&](Segment::Kind kind, std::string text, bool supervised) {
+    segments->push_back({kind, std::move(text), supervised});
+  };
+  switch (t) {
+    case Template::kPlain:
+      // preprocess_plain: source[0]['value'] = DEFAULT_IMAGE_TOKEN; conversation = image + caption + sep.
+      // Without an image the prompt is empty (text-only captioning).
+      if (turns.size() != 2) return "plain template takes one human and one gpt turn";
+      if (texts[0].find(kImageTag) != std::string::npos) add(Segment::kText, kImageTag, false);
+      add(Segment::kText, texts[1] + "\n", true);
+      break;
+    case Template::kVicunaV1:
+      // get_prompt (SeparatorStyle.TWO): system + " " + "USER: " + q + " " + "ASSISTANT: " + a + "</s>" ...
+      for (size_t r = 0; r < n_rounds; ++r) {
+        std::string user = r == 0 ? kVicunaSystem + " " : "";
+        add(Segment::kText, user + "USER: " + texts[2 * r] + " ASSISTANT:", false);
+        add(Segment::kContinuation, " " + texts[2 * r + 1], true);
+        add(Segment::kEos, "</s>", true);
+      }
+      break;
+    case Template::kLlavaLlama2:
+      // get_prompt (SeparatorStyle.LLAMA_2): "[INST] " + wrap_sys(system) + q + " [/INST]" then
+      // " " + a + " " + "</s>"; later rounds open with sep "<s>".
+      for (size_t r = 0; r < n_rounds; ++r) {
+        if (r > 0) add(Segment::kBos, "<s>", false);
+        std::string sys = r == 0 ? "<<SYS>>\n" + kLlavaLlama2System + "\n<</SYS>>\n\n" : "";
+        add(Segment::kText, "[INST] " + sys + texts[2 * r] + " [/INST]", false);
+        add(Segment::kContinuation, " " + texts[2 * r + 1] + " ", true);
+        add(Segment::kEos, "</s>", true);
+      }
+      break;
+  }
+  return "";
+}
+
+}  // namespace
+
+Template parse_template(const std::string& name) {
+  if (name == "vicuna_v1") return Template::kVicunaV1;
+  if (name == "llava_llama_2") return Template::kLlavaLlama2;
+  if (name == "plain") return Template::kPlain;
+  throw ConfigError("conversation template '" + name + "' is not known (vicuna_v1, llava_llama_2, plain)");
+}
+
+std::string template_name(Template t) {
+  switch (t) {
+    case Template::kVicunaV1: return "vicuna_v1";
+    case Template::kLlavaLlama2: return "llava_llama_2";
+    case Template::kPlain: return "plain";
+  }
+  return "?";
+}
+
+std::string template_system_prompt(Template t) {
+  switch (t) {
+    case Template::kVicunaV1: return kVicunaSystem;
+    case Template::kLlavaLlama2: return kLlavaLlama2System;
+    case Template::kPlain: return "";
+  }
+  return "";
+}
+
+int64_t count_image_tags(const std::vector<Turn>& turns) {
+  int64_t n = 0;
+  for (const auto& turn : turns)
+    for (size_t at = turn.text.find(kImageTag); at != std::string::npos;
+         at = turn.text.find(kImageTag, at + kImageTag.size()))
+      ++n;
+  return n;
+}
+
+std::string move_image_to_front(const std::string& text) {
+  if (text.find(kImageTag) == std::string::npos) return text;
+  // sentence['value'].replace(DEFAULT_IMAGE_TOKEN, '').strip(); DEFAULT_IMAGE_TOKEN + '\n' + ...; .strip()
+  std::string rest;
+  size_t from = 0;
+  for (size_t at = text.find(kImageTag); at != std::string::npos; at = text.find(kImageTag, from)) {
+    rest += text.substr(from, at - from);
+    from = at + kImageTag.size();
+  }
+  rest += text.substr(from);
+  return strip(kImageTag + "\n" + strip(rest));
+}
+
+std::string prompt_text(const std::vector<Turn>& turns, Template t) {
+  std::vector<Segment> segments;
+  std::string problem = build_segments(turns, t, &segments);
+  if (!problem.empty()) throw ConfigError("conversation: " + problem);
+  std::string text;
+  for (const auto& s : segments) text += s.text;
+  return text;
+}
+
+TokenizedSample tokenize_conversation(const std::vector<Turn>& turns, const Tokenizer& tokenizer, Template t,
+                                      int64_t n_image_tokens, int64_t max_len) {
+  TokenizedSample sample;
+  std::vector<Segment> segments;
+  sample.problem = build_segments(turns, t, &segments);
+  if (!sample.problem.empty()) return sample;
+
+  const int64_t image_id = tokenizer.image_token_id();
+  std::vector<int64_t> ids = {tokenizer.bos_id()}, labels = {kIgnoreIndex};
+  for (const auto& s : segments) {
+    std::vector<int64_t> piece;
+    switch (s.kind) {
+      case Segment::kText: piece = tokenizer.encode(s.text, false); break;
+      case Segment::kContinuation: piece = tokenizer.encode_no_prefix(s.text); break;
+      case Segment::kBos: piece = {tokenizer.bos_id()}; break;
+      case Segment::kEos: piece = {tokenizer.eos_id()}; break;
+    }
+    for (int64_t id : piece) {
+      ids.push_back(id);
+      labels.push_back(s.supervised && id != image_id ? id : kIgnoreIndex);
+    }
+  }
+
+  // Image expansion: one image id per image feature, never supervised.
+  bool has_image_tag = false;
+  for (const auto& s : segments) has_image_tag = has_image_tag || s.text.find(kImageTag) != std::string::npos;
+  if (has_image_tag && image_id < 0)
+    throw TokenizerError(tokenizer.source() + ": the conversation has an <image> but the tokenizer has no "
+                                              "<image> token (added_tokens.json / tokenizer_config.json)");
+  if (has_image_tag && n_image_tokens < 1)
+    throw TokenizerError("tokenize_conversation: n_image_tokens must be >= 1 (got " +
+                         std::to_string(n_image_tokens) + ")");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] == image_id) {
+      for (int64_t k = 0; k < n_image_tokens; ++k) {
+        sample.input_ids.push_back(image_id);
+        sample.labels.push_back(kIgnoreIndex);
+      }
+    } else {
+      sample.input_ids.push_back(ids[i]);
+      sample.labels.push_back(labels[i]);
+    }
+  }
+
+  // Truncation after the expansion; an image is never cut or left out.
+  if (max_len > 0 && static_cast<int64_t>(sample.input_ids.size()) > max_len) {
+    sample.truncated = true;
+    bool image_cut = std::find(sample.input_ids.begin() + max_len, sample.input_ids.end(), image_id) !=
+                     sample.input_ids.end();
+    sample.input_ids.resize(max_len);
+    sample.labels.resize(max_len);
+    if (image_cut && image_id >= 0) {
+      sample.problem = "image does not fit in max_len";
+      return sample;
+    }
+  }
+  sample.n_supervised = std::count_if(sample.labels.begin(), sample.labels.end(),
+                                      [](int64_t label) { return label != kIgnoreIndex; });
+  if (sample.n_supervised == 0)
+    sample.problem = sample.truncated ? "no supervised tokens after truncation" : "no supervised tokens";
+  return sample;
+}
+
+}  // namespace mole

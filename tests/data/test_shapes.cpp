@@ -1,0 +1,93 @@
+// The synthetic shapes dataset: deterministic to the byte for a seed, and its files load in mole's own readers
+// (LLaVA JSON, VQAv2 questions/annotations, LLaVA question jsonl).
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "data/llava_data.h"
+#include "data/shapes.h"
+#include "data/vqa_data.h"
+#include "tests/test_util.h"
+
+using namespace mole;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::map<std::string, std::string> read_tree(const std::string& root) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    files[fs::relative(e.path(), root).string()] = s.str();
+  }
+  return files;
+}
+
+ShapesOptions small(const std::string& dir, uint64_t seed) {
+  ShapesOptions o;
+  o.out_dir = dir;
+  o.n_train = 30;
+  o.n_eval = 10;
+  o.n_text_train = 20;
+  o.n_text_eval = 10;
+  o.size = 48;
+  o.seed = seed;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("make-data shapes: same seed, byte-identical files; another seed, other files", "[unit][data][shapes]") {
+  std::string a = mole::test::scratch_dir("shapes_a"), b = mole::test::scratch_dir("shapes_b"),
+              c = mole::test::scratch_dir("shapes_c");
+  make_shapes_dataset(small(a, 7));
+  make_shapes_dataset(small(b, 7));
+  make_shapes_dataset(small(c, 8));
+  auto ta = read_tree(a), tb = read_tree(b), tc = read_tree(c);
+  CHECK(ta.size() == 30 + 10 + 9);  // images, plus 9 data files
+  CHECK(ta == tb);
+  CHECK(ta["instruct.json"] != tc["instruct.json"]);
+  CHECK(ta["images/train/000000.png"] != tc["images/train/000000.png"]);
+}
+
+TEST_CASE("make-data shapes: files load in the LLaVA and VQA readers", "[unit][data][shapes]") {
+  std::string dir = mole::test::scratch_dir("shapes_read");
+  auto info = make_shapes_dataset(small(dir, 1));
+  auto captions = read_llava_dataset(dir + "/captions.json", /*strict=*/true);
+  CHECK(captions.records.size() == 30);
+  auto instruct = read_llava_dataset(dir + "/instruct.json", /*strict=*/true);
+  CHECK(static_cast<int64_t>(instruct.records.size()) == info["instruct_records"].get<int64_t>());
+  int64_t with_image = 0, text_only = 0;
+  for (const auto& r : instruct.records) {
+    (r.images.empty() ? text_only : with_image) += 1;
+    for (const auto& img : r.images) CHECK(fs::exists(dir + "/" + img));
+  }
+  CHECK(text_only == 20);
+  CHECK(with_image >= 30);
+  for (const char* family : {"vqa_colour", "vqa_count", "describe", "yesno", "mc", "text_arithmetic"})
+    CHECK(info["instruct_families"].contains(family));
+
+  auto questions = read_vqav2_questions(dir + "/eval/vqav2_questions.json");
+  auto annotations = read_vqav2_annotations(dir + "/eval/vqav2_annotations.json");
+  auto llava = read_llava_questions(dir + "/eval/llava_questions.jsonl");
+  REQUIRE(questions.size() == 40);  // 4 per eval image
+  REQUIRE(llava.size() == questions.size());
+  for (size_t i = 0; i < questions.size(); ++i) {
+    const auto& ann = annotations.at(questions[i].question_id);
+    CHECK(ann.answers.size() == 10);
+    CHECK(llava[i].question_id == questions[i].question_id);
+    CHECK(fs::exists(dir + "/images/eval/" + llava[i].image));
+    CHECK(llava[i].text.rfind(questions[i].text, 0) == 0);  // the question, then the answer-style suffix
+  }
+  auto text = read_llava_questions(dir + "/eval/text_questions.jsonl");
+  auto text_ann = read_vqav2_annotations(dir + "/eval/text_annotations.json");
+  CHECK(text.size() == 10);
+  for (const auto& q : text) CHECK(text_ann.count(q.question_id) == 1);
+}
