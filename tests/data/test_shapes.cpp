@@ -44,7 +44,7 @@ ShapesOptions small(const std::string& dir, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("make-data shapes: same seed, byte-identical files; another seed, other files", "[unit][data][shapes]") {
+TEST_CASE("make-data shapes: same seed gives byte-identical files, another seed other files", "[unit][data][shapes]") {
   std::string a = mole::test::scratch_dir("shapes_a"), b = mole::test::scratch_dir("shapes_b"),
               c = mole::test::scratch_dir("shapes_c");
   make_shapes_dataset(small(a, 7));
