@@ -169,7 +169,7 @@ bool starts_with(const uint8_t* data, size_t size, const char* magic, size_t n) 
 ImageInfo inspect_png(const uint8_t* d, size_t size, const std::string& where) {
   ImageInfo info;
   info.format = ImageFormat::kPng;
-  if (size < 8 + 8 + 13) throw ImageError(where + ": truncated PNG: the data ends inside the IHDR header");
+  if (size < 8 + 8 + 13) throw ImageError(where + ": truncated PNG: the data ends inside the IHDR header", "truncated image");
   if (be32(d + 8) != 13 || std::memcmp(d + 12, "IHDR", 4) != 0)
     throw ImageError(where + ": corrupt PNG: the first chunk is not a 13-byte IHDR");
   info.width = be32(d + 16);
@@ -266,7 +266,7 @@ ImageInfo inspect_jpeg(const uint8_t* d, size_t size, const std::string& where) 
   }
   if (!have_sof)
     throw ImageError(where + ": truncated or corrupt JPEG: no frame header (" +
-                     (info.incomplete.empty() ? std::string("none found") : info.incomplete) + ")");
+                     (info.incomplete.empty() ? std::string("none found") : info.incomplete) + ")", "truncated image");
   return info;
 }
 
@@ -274,7 +274,7 @@ ImageInfo inspect_jpeg(const uint8_t* d, size_t size, const std::string& where) 
 ImageInfo inspect_webp(const uint8_t* d, size_t size, const std::string& where) {
   ImageInfo info;
   info.format = ImageFormat::kWebp;
-  if (size < 30) throw ImageError(where + ": truncated WebP: the data ends inside the header");
+  if (size < 30) throw ImageError(where + ": truncated WebP: the data ends inside the header", "truncated image");
   const uint64_t riff_size = le32(d + 4);
   const uint8_t* chunk = d + 12;
   const uint8_t* payload = d + 20;
@@ -311,7 +311,7 @@ ImageInfo inspect_webp(const uint8_t* d, size_t size, const std::string& where) 
 ImageInfo inspect_bmp(const uint8_t* d, size_t size, const std::string& where) {
   ImageInfo info;
   info.format = ImageFormat::kBmp;
-  if (size < 26) throw ImageError(where + ": truncated BMP: the data ends inside the header");
+  if (size < 26) throw ImageError(where + ": truncated BMP: the data ends inside the header", "truncated image");
   const uint64_t pixel_offset = le32(d + 10);
   const uint32_t dib_size = le32(d + 14);
   int64_t bits_per_pixel = 0, compression = 0;
@@ -320,7 +320,7 @@ ImageInfo inspect_bmp(const uint8_t* d, size_t size, const std::string& where) {
     info.height = le16(d + 20);
     bits_per_pixel = le16(d + 24);
   } else if (dib_size >= 40) {
-    if (size < 14 + 40) throw ImageError(where + ": truncated BMP: the data ends inside the header");
+    if (size < 14 + 40) throw ImageError(where + ": truncated BMP: the data ends inside the header", "truncated image");
     info.width = int32_t(le32(d + 18));
     info.height = std::abs(int64_t(int32_t(le32(d + 22))));
     bits_per_pixel = le16(d + 28);
@@ -352,7 +352,7 @@ std::string hex_prefix(const uint8_t* d, size_t size) {
 }  // namespace
 
 ImageInfo inspect_image(const uint8_t* d, size_t size, const std::string& where) {
-  if (size == 0) throw ImageError(where + ": empty file, not an image");
+  if (size == 0) throw ImageError(where + ": empty file, not an image", "not an image");
   if (starts_with(d, size, "\x89PNG\r\n\x1a\n", 8)) return inspect_png(d, size, where);
   if (starts_with(d, size, "\xff\xd8\xff", 3)) return inspect_jpeg(d, size, where);
   if (starts_with(d, size, "RIFF", 4) && size >= 12 && std::memcmp(d + 8, "WEBP", 4) == 0)
@@ -367,9 +367,11 @@ ImageInfo inspect_image(const uint8_t* d, size_t size, const std::string& where)
     other = "HEIF/AVIF";
   else if (starts_with(d, size, "\0\0\0\x0cjP  ", 8) || starts_with(d, size, "\xff\x4f\xff\x51", 4))
     other = "JPEG 2000";
-  if (other) throw ImageError(where + ": unsupported image format " + other + "; mole reads PNG, JPEG, WebP and BMP");
+  if (other) throw ImageError(where + ": unsupported image format " + other + "; mole reads PNG, JPEG, WebP and BMP",
+                             "not an image");
   throw ImageError(where + ": not an image (no PNG, JPEG, WebP or BMP signature; the data starts with " +
-                   hex_prefix(d, size) + ")");
+                   hex_prefix(d, size) + ")",
+                   "not an image");
 }
 
 // ---- decoding -------------------------------------------------------------------------------------------------
@@ -384,10 +386,10 @@ cv::Mat decode_rgb(const std::vector<uint8_t>& bytes, const std::string& where, 
     msg << where << ": " << format << " image is " << info.width << "x" << info.height << " ("
         << double(info.width * info.height) / 1e6 << " megapixels), more than the limit of "
         << double(options.max_pixels) / 1e6 << " megapixels (ImageReadOptions::max_pixels); not decoded";
-    throw ImageError(msg.str());
+    throw ImageError(msg.str(), "image too large");
   }
   // libjpeg fills a truncated JPEG with grey and only warns; PIL refuses one ("image file is truncated"), so do we.
-  if (!info.incomplete.empty()) throw ImageError(where + ": truncated " + format + ": " + info.incomplete);
+  if (!info.incomplete.empty()) throw ImageError(where + ": truncated " + format + ": " + info.incomplete, "truncated image");
 
   // IMREAD_COLOR: 8-bit, 3 channels (BGR): grey replicated, alpha and tRNS dropped, palettes expanded, 16-bit
   // samples reduced to their high byte (libpng png_set_strip_16).
@@ -423,13 +425,14 @@ cv::Mat decode_rgb(const std::vector<uint8_t>& bytes, const std::string& where, 
 cv::Mat load_rgb(const std::string& path, const ImageReadOptions& options) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
-  if (!fs::exists(status)) throw ImageError(path + ": no such file");
+  if (!fs::exists(status)) throw ImageError(path + ": no such file", "image file missing");
   if (fs::is_directory(status)) throw ImageError(path + ": is a directory, not an image file");
   const uintmax_t size = fs::file_size(path, ec);
   if (ec) throw ImageError(path + ": cannot read: " + ec.message());
   if (size > uintmax_t(options.max_file_bytes))
     throw ImageError(path + ": file is " + std::to_string(size) + " bytes, more than the limit of " +
-                     std::to_string(options.max_file_bytes) + " (ImageReadOptions::max_file_bytes)");
+                     std::to_string(options.max_file_bytes) + " (ImageReadOptions::max_file_bytes)",
+                     "image too large");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ImageError(path + ": cannot open: " + std::strerror(errno));
   std::vector<uint8_t> bytes(size);

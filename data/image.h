@@ -26,8 +26,15 @@ namespace mole {
 
 // A file that cannot be turned into an image: missing, unreadable, truncated, corrupt, not an image, of a format
 // we do not decode, or too large. The message names the file and what is wrong.
+// reason(): the short, file-independent category a data loader counts skips by: "image file missing",
+// "image too large", "truncated image", "not an image", or "corrupt image".
 struct ImageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit ImageError(const std::string& message, std::string reason = "corrupt image")
+      : std::runtime_error(message), reason_(std::move(reason)) {}
+  const std::string& reason() const { return reason_; }
+
+ private:
+  std::string reason_;
 };
 
 // ---- decoding -------------------------------------------------------------------------------------------------

@@ -10,5 +10,6 @@ int cmd_info(int argc, char** argv);     // mole info DIR
 int cmd_forward(int argc, char** argv);  // mole forward --model DIR --inputs IN --out OUT
 int cmd_make_data(int argc, char** argv);  // mole make-data shapes --out DIR
 int cmd_train_tokenizer(int argc, char** argv);  // mole train-tokenizer --corpus FILE --vocab-size N --out DIR
+int cmd_check_data(int argc, char** argv);  // mole check-data --data FILE --images DIR --tokenizer DIR
 
 }  // namespace mole

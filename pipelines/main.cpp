@@ -22,6 +22,7 @@ const Command kCommands[] = {
     {"forward", mole::cmd_forward, "run a checkpoint on input tensors and write logits (parity checks)"},
     {"make-data", mole::cmd_make_data, "write the synthetic shapes dataset (images, instructions, eval files)"},
     {"train-tokenizer", mole::cmd_train_tokenizer, "train a LLaMA-style sentencepiece tokenizer folder"},
+    {"check-data", mole::cmd_check_data, "run the data loader over a dataset and report what it finds"},
 };
 
 void usage(FILE* out) {

@@ -1,0 +1,175 @@
+// The training data loader: LLaVA records -> padded batches of ids, labels and pixel values, built ahead of the
+// trainer by worker threads.
+//
+// Order. The batches of an epoch are a pure function of (seed, epoch, records, batch size, options): a seeded
+// permutation (splitmix64 + Fisher-Yates, the same on every platform), optionally length-grouped, cut into
+// batches. Each batch is built by one worker from its index list, so what a batch holds never depends on thread
+// timing, and batches reach the trainer in order. Resuming mid-epoch is restarting at (epoch, batch): the
+// LoaderState is what a checkpoint stores.
+//
+// Length grouping, as transformers' get_length_grouped_indices (trainer_pt_utils.py) which LLaVA's
+// LengthGroupedSampler builds on: the permutation is cut into megabatches of 50 batches, each sorted by length
+// (longest first) and cut into batches, so a batch holds samples of similar length and little padding; the batch
+// order is then shuffled with the longest batch kept first, so an out-of-memory shows on the first step. Lengths
+// are LLaVA's estimate (modality_lengths: words of all turns + image tokens), known without tokenizing.
+//
+// Bad records never end a run: a record the reader rejects (malformed JSON, invalid UTF-8, no conversations,
+// <image> tags that do not match its images, ...), an image that is missing, truncated, not an image or too large,
+// or a conversation the template cannot use (unknown role, no supervised token left after truncation) is left out
+// of its batch and counted once by reason in skip_report(), with its record id. A batch can so come out smaller
+// than batch_size; one left empty is passed over. strict: the first bad record is a DataError instead.
+//
+// B=batch T=longest sample in the batch I=images in the batch H,W=image size
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "data/image.h"
+#include "data/llava_data.h"
+#include "language/conversation.h"
+#include "language/tokenizer.h"
+
+namespace mole {
+
+struct LoaderOptions {
+  /// Samples per batch (before bad records are left out).
+  int64_t batch_size = 8;
+  /// Worker threads that decode images and tokenize; 0 builds batches on the caller's thread.
+  int64_t n_workers = 2;
+  /// Batches built ahead of the trainer at most (the bounded queue).
+  int64_t prefetch_batches = 4;
+  uint64_t seed = 0;
+  bool shuffle = true;
+  /// transformers' group_by_length (see the file comment).
+  bool group_by_length = false;
+  /// Leave out the last, short batch of an epoch.
+  bool drop_last = false;
+  /// Epochs to run; 0 = until the caller stops.
+  int64_t n_epochs = 1;
+  Template conversation_template = Template::kVicunaV1;
+  /// Sequence limit after image expansion (0: none).
+  int64_t max_len = 2048;
+  /// Ids each <image> expands to (LlavaConfig::n_image_tokens()).
+  int64_t n_image_tokens = 576;
+  /// Folder the records' image paths are relative to.
+  std::string image_dir;
+  bool strict = false;
+};
+
+// Where the loader stands: the next batch it will hand out. Saved in checkpoints; n_records and batch_size are
+// kept to refuse resuming on different data, where the same position would mean other samples.
+struct LoaderState {
+  uint64_t seed = 0;
+  int64_t epoch = 0;
+  int64_t batch = 0;  // next batch within the epoch
+  int64_t n_records = 0;
+  int64_t batch_size = 0;
+  nlohmann::json to_json() const;
+  static LoaderState from_json(const nlohmann::json& j);
+};
+
+struct Batch {
+  int64_t epoch = 0, index = 0;         // batch `index` of `epoch`
+  std::vector<std::string> ids;         // record ids, one per sample
+  std::vector<int64_t> lengths;         // tokens per sample, before padding
+  torch::Tensor input_ids;              // (B, T) int64, right-padded with pad_id
+  torch::Tensor labels;                 // (B, T) int64, kIgnoreIndex on padding and unsupervised tokens
+  torch::Tensor attention_mask;         // (B, T) int64, 1 on tokens, 0 on padding
+  torch::Tensor pixel_values;           // (I, 3, H, W) float32, images in sample order; undefined when none
+  int64_t n_tokens = 0;                 // sum of lengths
+  int64_t n_supervised = 0;             // labels != kIgnoreIndex
+  int64_t n_truncated = 0;              // samples cut to max_len
+  int64_t size() const { return int64_t(ids.size()); }
+};
+
+// One record made ready for the model: the sample or why it cannot be used (a reason from the reader, the image
+// decoder or the template, grouped in reports; detail has the full message naming the file).
+struct PreparedSample {
+  TokenizedSample tokens;
+  std::vector<torch::Tensor> pixel_values;  // (3, H, W) each
+  std::string problem;                      // empty when usable
+  std::string detail;
+};
+PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokenizer, const ImageProcessor& images,
+                              const LoaderOptions& options);
+
+// LLaVA's length estimate (LazySupervisedDataset.modality_lengths, without the sign): words over all turns plus
+// n_image_tokens per image.
+int64_t estimated_length(const LlavaRecord& record, int64_t n_image_tokens);
+
+// The batches of one epoch, as record indices into `lengths` (whose size is the number of records).
+std::vector<std::vector<int64_t>> epoch_batches(const std::vector<int64_t>& lengths, const LoaderOptions& options,
+                                                uint64_t seed, int64_t epoch);
+
+class DataLoader {
+ public:
+  // The dataset's skipped records (from the reader) start the skip report. Throws DataError when it has no
+  // records, ConfigError on options that cannot work, DataError when `resume` was saved on other data.
+  DataLoader(std::shared_ptr<const LlavaDataset> dataset, std::shared_ptr<const Tokenizer> tokenizer,
+             std::shared_ptr<const ImageProcessor> images, LoaderOptions options,
+             std::optional<LoaderState> resume = std::nullopt);
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  // The next non-empty batch, nullopt after the last epoch. Rethrows a worker's DataError (strict mode) or any
+  // unexpected error.
+  std::optional<Batch> next();
+
+  // The position after the last batch next() returned: resuming from it continues with the batch after it.
+  LoaderState state() const;
+  // Bad records so far (reader and loader), each counted once.
+  SkipReport skip_report() const;
+  int64_t batches_per_epoch() const { return batches_per_epoch_; }
+  // Seconds next() spent waiting for a batch that was not ready (the trainer waiting on data).
+  double wait_seconds() const { return wait_seconds_; }
+  const LoaderOptions& options() const { return options_; }
+
+ private:
+  struct Slot {
+    std::optional<Batch> batch;
+    std::vector<std::pair<int64_t, std::string>> skips;  // (record index, reason)
+    std::exception_ptr error;
+  };
+  void worker_loop();
+  Slot build(int64_t global);
+  std::pair<int64_t, int64_t> locate(int64_t global) const;  // -> (epoch, batch)
+  std::vector<int64_t> batch_records(int64_t epoch, int64_t batch);
+
+  std::shared_ptr<const LlavaDataset> dataset_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::shared_ptr<const ImageProcessor> images_;
+  LoaderOptions options_;
+  std::vector<int64_t> lengths_;
+  int64_t batches_per_epoch_ = 0;
+  int64_t start_global_ = 0;  // batch counter where this loader started (epoch * per_epoch + batch)
+  int64_t end_global_ = -1;   // one past the last batch; -1: no end
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_, ready_cv_;
+  std::map<int64_t, std::vector<std::vector<int64_t>>> plans_;  // epoch -> batches (the last two kept)
+  std::map<int64_t, Slot> ready_;
+  int64_t next_to_build_ = 0;
+  int64_t next_to_return_ = 0;
+  bool stopping_ = false;
+  std::set<int64_t> bad_records_;  // record indices known bad: passed over in later epochs
+  std::set<int64_t> counted_;      // record indices in skipped_ (a record two workers found bad counts once)
+  SkipReport skipped_;
+  double wait_seconds_ = 0;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace mole

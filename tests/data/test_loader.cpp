@@ -1,0 +1,370 @@
+// The threaded data loader: the corrupted-data run (each bad record skipped and reported by reason, the run
+// finishing), deterministic order independent of the worker count, exact mid-epoch resume, padding, length
+// grouping, and samples that would train on nothing reported instead of trained.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <torch/torch.h>
+
+#include "data/loader.h"
+#include "tests/language/tiny_tokenizer.h"
+#include "tests/test_util.h"
+
+using namespace mole;
+using Catch::Contains;
+
+namespace {
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// A PNG whose header claims 20000 x 20000 pixels (1.2 GB as RGB) with a one-byte IDAT: a decompression bomb
+// in shape. CRCs are not checked by the header walk, so zeros do.
+std::string huge_png_header() {
+  auto be32 = [](uint32_t v) {
+    return std::string{char(v >> 24), char((v >> 16) & 255), char((v >> 8) & 255), char(v & 255)};
+  };
+  std::string png = "\x89PNG\r\n\x1a\n";
+  png += be32(13) + "IHDR" + be32(20000) + be32(20000) + std::string("\x08\x02\x00\x00\x00", 5) + be32(0);
+  png += be32(1) + "IDAT" + std::string(1, '\0') + be32(0);
+  png += be32(0) + "IEND" + be32(0);
+  return png;
+}
+
+void write_image(const std::string& path, int seed) {
+  cv::Mat bgr(24 + seed % 5, 20 + seed % 7, CV_8UC3, cv::Scalar(10 * seed % 255, 40, 200 - seed % 100));
+  cv::circle(bgr, {8, 8}, 5, cv::Scalar(255, 255, 255), -1);
+  REQUIRE(cv::imwrite(path, bgr));
+}
+
+std::string record(const std::string& id, const std::string& image, const std::string& question,
+                   const std::string& answer) {
+  std::string r = R"({"id": ")" + id + "\", ";
+  if (!image.empty()) r += R"("image": ")" + image + "\", ";
+  return r + R"("conversations": [{"from": "human", "value": ")" + question +
+         R"("}, {"from": "gpt", "value": ")" + answer + "\"}]}";
+}
+
+struct Fixture {
+  std::string dir, data;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::shared_ptr<const ImageProcessor> images;
+};
+
+ImageProcessorConfig small_images() {
+  ImageProcessorConfig c;
+  c.shortest_edge = 16;
+  c.crop_height = c.crop_width = 16;
+  return c;
+}
+
+// n_good good records (images and text-only, of varying lengths) plus, when `corrupt`, one record of each kind
+// of damage the data issue names.
+Fixture make_dataset(const std::string& tag, int n_good, bool corrupt) {
+  Fixture f;
+  f.dir = mole::test::scratch_dir(tag);
+  std::filesystem::create_directories(f.dir + "/img");
+  std::string text = "[";
+  const std::vector<std::string> colours = {"red", "blue", "green", "white"};
+  for (int i = 0; i < n_good; ++i) {
+    std::string answer = "The circle is " + colours[size_t(i) % 4] + ".";
+    for (int k = 0; k < i % 5; ++k) answer += " It is " + colours[size_t(i + k) % 4] + ".";
+    if (i % 3 == 2) {
+      text += record("g" + std::to_string(i), "", "What colour is the square?", answer) + ",\n";
+    } else {
+      write_image(f.dir + "/img/g" + std::to_string(i) + ".png", i);
+      text += record("g" + std::to_string(i), "g" + std::to_string(i) + ".png", "<image>\\nWhat colour is it?",
+                     answer) + ",\n";
+    }
+  }
+  if (corrupt) {
+    write_image(f.dir + "/img/whole.jpg", 7);
+    std::ifstream in(f.dir + "/img/whole.jpg", std::ios::binary);
+    std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    write_bytes(f.dir + "/img/truncated.jpg", jpeg.substr(0, jpeg.size() / 2));
+    write_bytes(f.dir + "/img/text.jpg", "this is a text file, not a JPEG\n");
+    write_bytes(f.dir + "/img/huge.png", huge_png_header());
+    write_image(f.dir + "/img/one.png", 3);
+    text += record("bad_truncated", "truncated.jpg", "<image>\\nWhat is it?", "A circle.") + ",\n";
+    text += record("bad_missing", "no_such_file.jpg", "<image>\\nWhat is it?", "A circle.") + ",\n";
+    text += record("bad_not_image", "text.jpg", "<image>\\nWhat is it?", "A circle.") + ",\n";
+    text += R"({"id": "bad_no_conversations", "image": "one.png"})" ",\n";
+    text += record("bad_two_tags", "one.png", "<image>\\nWhat is it? <image>", "A circle.") + ",\n";
+    text += record("bad_huge", "huge.png", "<image>\\nWhat is it?", "A circle.") + ",\n";
+    text += std::string(R"({"id": "bad_utf8", "conversations": [{"from": "human", "value": "caf)") + "\xC3\x28" +
+            R"("}, {"from": "gpt", "value": "Yes."}]})" ",\n";
+  }
+  text += record("last", "", "What is two plus two?", "Four.") + "]";
+  f.data = f.dir + "/data.json";
+  write_bytes(f.data, text);
+  f.tokenizer = std::make_shared<const Tokenizer>(mole::test::tiny_tokenizer());
+  f.images = std::make_shared<const ImageProcessor>(small_images());
+  return f;
+}
+
+LoaderOptions small_options(const Fixture& f) {
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.n_workers = 2;
+  o.prefetch_batches = 3;
+  o.seed = 17;
+  o.n_image_tokens = 4;
+  o.max_len = 256;
+  o.image_dir = f.dir + "/img";
+  return o;
+}
+
+std::vector<Batch> drain(DataLoader& loader, int64_t limit = -1) {
+  std::vector<Batch> out;
+  while (limit < 0 || int64_t(out.size()) < limit) {
+    auto b = loader.next();
+    if (!b) break;
+    out.push_back(std::move(*b));
+  }
+  return out;
+}
+
+void check_same_batches(const std::vector<Batch>& a, const std::vector<Batch>& b) {
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    CHECK(a[i].epoch == b[i].epoch);
+    CHECK(a[i].index == b[i].index);
+    CHECK(a[i].ids == b[i].ids);
+    CHECK(torch::equal(a[i].input_ids, b[i].input_ids));
+    CHECK(torch::equal(a[i].labels, b[i].labels));
+    CHECK(torch::equal(a[i].attention_mask, b[i].attention_mask));
+    REQUIRE(a[i].pixel_values.defined() == b[i].pixel_values.defined());
+    if (a[i].pixel_values.defined()) CHECK(torch::equal(a[i].pixel_values, b[i].pixel_values));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("corrupted dataset: the loader finishes and skips exactly the bad records, each by reason",
+          "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_corrupt", 10, true);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  o.n_epochs = 2;  // bad records are counted once, not once per epoch
+  DataLoader loader(dataset, f.tokenizer, f.images, o);
+  std::vector<Batch> batches = drain(loader);
+
+  std::multiset<std::string> seen;
+  for (const Batch& b : batches)
+    for (const std::string& id : b.ids) seen.insert(id);
+  for (int i = 0; i < 10; ++i) CHECK(seen.count("g" + std::to_string(i)) == 2);
+  CHECK(seen.count("last") == 2);
+  CHECK(seen.size() == 22);  // nothing else got in
+
+  const SkipReport report = loader.skip_report();
+  const std::map<std::string, int64_t> expected = {
+      {"truncated image", 1},    {"image file missing", 1},  {"not an image", 1},
+      {"no conversations", 1},   {"<image> tags (2) do not match images (1)", 1},
+      {"image too large", 1},    {"invalid UTF-8", 1}};
+  CHECK(report.counts() == expected);
+  CHECK(report.total() == 7);
+  const auto j = report.to_json();
+  CHECK(j["reasons"]["truncated image"]["first_ids"] == nlohmann::json::array({"bad_truncated"}));
+  CHECK(j["reasons"]["image file missing"]["first_ids"] == nlohmann::json::array({"bad_missing"}));
+  CHECK(j["reasons"]["not an image"]["first_ids"] == nlohmann::json::array({"bad_not_image"}));
+  CHECK(j["reasons"]["image too large"]["first_ids"] == nlohmann::json::array({"bad_huge"}));
+  CHECK(j["reasons"]["no conversations"]["first_ids"] == nlohmann::json::array({"bad_no_conversations"}));
+
+  SECTION("strict mode stops at the first bad record and names it") {
+    LoaderOptions strict = o;
+    strict.strict = true;
+    CHECK_THROWS_WITH(read_llava_dataset(f.data, true), Contains("bad_no_conversations"));
+    // Records the reader accepts but whose images are bad stop the loader instead.
+    auto images_bad = std::make_shared<LlavaDataset>(*dataset);
+    DataLoader strict_loader(images_bad, f.tokenizer, f.images, strict);
+    CHECK_THROWS_AS(drain(strict_loader), DataError);
+  }
+}
+
+TEST_CASE("loader batches: right padding, labels, masks and stacked images", "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_padding", 9, false);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  o.shuffle = false;
+  DataLoader loader(dataset, f.tokenizer, f.images, o);
+  std::vector<Batch> batches = drain(loader);
+  REQUIRE(batches.size() == 3);  // 10 records, batches of 4: 4 + 4 + 2
+  CHECK(batches[2].size() == 2);
+  const int64_t image_id = f.tokenizer->image_token_id();
+  for (const Batch& b : batches) {
+    const int64_t longest = *std::max_element(b.lengths.begin(), b.lengths.end());
+    REQUIRE(b.input_ids.sizes() == torch::IntArrayRef{b.size(), longest});
+    int64_t n_images = 0;
+    for (int64_t i = 0; i < b.size(); ++i) {
+      const int64_t len = b.lengths[size_t(i)];
+      CHECK(b.attention_mask[i].sum().item<int64_t>() == len);
+      CHECK(b.attention_mask[i].slice(0, 0, len).all().item<bool>());
+      CHECK((b.labels[i].slice(0, len) == kIgnoreIndex).all().item<bool>());
+      CHECK((b.input_ids[i].slice(0, len) == f.tokenizer->pad_id()).all().item<bool>());
+      CHECK(b.input_ids[i][0].item<int64_t>() == f.tokenizer->bos_id());
+      const int64_t image_ids = (b.input_ids[i] == image_id).sum().item<int64_t>();
+      CHECK((image_ids == 0 || image_ids == 4));
+      n_images += image_ids / 4;
+    }
+    CHECK(b.n_tokens == b.attention_mask.sum().item<int64_t>());
+    CHECK(b.n_supervised == (b.labels != kIgnoreIndex).sum().item<int64_t>());
+    if (n_images == 0) {
+      CHECK(!b.pixel_values.defined());
+    } else {
+      REQUIRE(b.pixel_values.defined());
+      CHECK(b.pixel_values.sizes() == torch::IntArrayRef{n_images, 3, 16, 16});
+    }
+  }
+  // In file order without shuffling; g2 is text-only, g0 has an image.
+  CHECK(batches[0].ids == std::vector<std::string>{"g0", "g1", "g2", "g3"});
+}
+
+TEST_CASE("loader order depends on seed and epoch only, not on the worker count", "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_order", 21, false);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  o.n_epochs = 2;
+  std::vector<std::vector<Batch>> runs;
+  for (int64_t workers : {0, 1, 2, 3}) {
+    LoaderOptions w = o;
+    w.n_workers = workers;
+    w.prefetch_batches = 1 + workers;
+    DataLoader loader(dataset, f.tokenizer, f.images, w);
+    runs.push_back(drain(loader));
+  }
+  for (size_t r = 1; r < runs.size(); ++r) check_same_batches(runs[0], runs[r]);
+
+  // Each epoch holds every record once, in a different order.
+  std::vector<std::string> epoch0, epoch1;
+  for (const Batch& b : runs[0]) (b.epoch == 0 ? epoch0 : epoch1).insert((b.epoch == 0 ? epoch0 : epoch1).end(),
+                                                                         b.ids.begin(), b.ids.end());
+  CHECK(epoch0.size() == 22);
+  CHECK(std::set<std::string>(epoch0.begin(), epoch0.end()).size() == 22);
+  CHECK(std::set<std::string>(epoch0.begin(), epoch0.end()) == std::set<std::string>(epoch1.begin(), epoch1.end()));
+  CHECK(epoch0 != epoch1);
+
+  LoaderOptions other = o;
+  other.seed = 18;
+  DataLoader reseeded(dataset, f.tokenizer, f.images, other);
+  CHECK(drain(reseeded, 1)[0].ids != runs[0][0].ids);
+}
+
+TEST_CASE("loader resumes mid-epoch and across epochs exactly", "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_resume", 13, true);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  o.n_epochs = 3;
+  DataLoader straight(dataset, f.tokenizer, f.images, o);
+  std::vector<Batch> all = drain(straight);
+  REQUIRE(all.size() == size_t(3 * straight.batches_per_epoch()));
+
+  for (size_t cut : {size_t(2), size_t(straight.batches_per_epoch()), size_t(all.size() - 1)}) {
+    DataLoader first(dataset, f.tokenizer, f.images, o);
+    std::vector<Batch> head = drain(first, int64_t(cut));
+    const LoaderState state = LoaderState::from_json(nlohmann::json::parse(first.state().to_json().dump()));
+    CHECK(state.epoch == int64_t(cut) / straight.batches_per_epoch());
+    DataLoader resumed(dataset, f.tokenizer, f.images, o, state);
+    std::vector<Batch> tail = drain(resumed);
+    head.insert(head.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
+    check_same_batches(all, head);
+  }
+
+  SECTION("a state saved on other data is refused") {
+    LoaderState state = straight.state();
+    state.n_records += 1;
+    CHECK_THROWS_WITH(DataLoader(dataset, f.tokenizer, f.images, o, state), Contains("cannot resume"));
+    LoaderOptions other = o;
+    other.batch_size = 5;
+    CHECK_THROWS_AS(DataLoader(dataset, f.tokenizer, f.images, other, straight.state()), DataError);
+  }
+}
+
+TEST_CASE("length-grouped batches hold similar lengths, the longest batch first", "[unit][data][loader]") {
+  std::vector<int64_t> lengths;
+  for (int64_t i = 0; i < 1000; ++i) lengths.push_back((i * 7919) % 997 + 3);
+  LoaderOptions o;
+  o.batch_size = 8;
+  o.group_by_length = true;
+  auto grouped = epoch_batches(lengths, o, 5, 0);
+  o.group_by_length = false;
+  auto plain = epoch_batches(lengths, o, 5, 0);
+  auto padding = [&](const std::vector<std::vector<int64_t>>& batches) {
+    int64_t pad = 0;
+    for (const auto& b : batches) {
+      int64_t m = 0;
+      for (int64_t i : b) m = std::max(m, lengths[size_t(i)]);
+      for (int64_t i : b) pad += m - lengths[size_t(i)];
+    }
+    return pad;
+  };
+  CHECK(padding(grouped) * 5 < padding(plain));  // far less padding
+  std::vector<int64_t> all;
+  for (const auto& b : grouped) all.insert(all.end(), b.begin(), b.end());
+  std::sort(all.begin(), all.end());
+  for (int64_t i = 0; i < 1000; ++i) REQUIRE(all[size_t(i)] == i);  // every record once
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  CHECK(std::count(grouped[0].begin(), grouped[0].end(),
+                   std::find(lengths.begin(), lengths.end(), longest) - lengths.begin()) == 1);
+  CHECK(epoch_batches(lengths, {}, 5, 1) != epoch_batches(lengths, {}, 5, 0));
+}
+
+TEST_CASE("a sample that would lose all supervised tokens is reported, not trained", "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_no_supervision", 6, false);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  // Long enough for every prompt with its image but not for the answers of the image records: those would be
+  // cut entirely and trained with zero loss.
+  o.conversation_template = Template::kPlain;
+  o.max_len = 1 + 4;  // BOS + the image block
+  DataLoader loader(dataset, f.tokenizer, f.images, o);
+  std::vector<Batch> batches = drain(loader);
+  for (const Batch& b : batches) {
+    CHECK(b.n_supervised > 0);
+    for (int64_t i = 0; i < b.size(); ++i) CHECK((b.labels[i] != kIgnoreIndex).any().item<bool>());
+  }
+  const auto counts = loader.skip_report().counts();
+  REQUIRE(counts.count("no supervised tokens after truncation"));
+  CHECK(counts.at("no supervised tokens after truncation") == 4);  // g0 g1 g3 g4 carry images
+}
+
+TEST_CASE("mole check-data reports the corrupted dataset and exits 0, and 1 on a file that is not LLaVA data",
+          "[unit][data][loader][cli]") {
+  Fixture f = make_dataset("check_data_cli", 5, true);
+  const std::string tok = mole::test::tiny_tokenizer_dir();
+  const std::string pre = f.dir + "/preprocessor_config.json";
+  write_bytes(pre, small_images().to_json().dump());
+  std::string out;
+  const std::string base = mole::test::mole_bin() + " check-data --tokenizer " + tok + " --images " + f.dir +
+                           "/img --image-tokens 4 --preprocessor " + pre;
+  REQUIRE(mole::test::run_command(base + " --data " + f.data + " --json", &out) == 0);
+  const auto report = nlohmann::json::parse(out);
+  CHECK(report["records"] == 13);
+  CHECK(report["usable_samples"] == 6);
+  CHECK(report["images"] == 4);  // g0 g1 g3 g4 (g2 and "last" are text-only)
+  CHECK(report["skipped"]["total"] == 7);
+  CHECK(report["skipped"]["reasons"]["image too large"]["first_ids"][0] == "bad_huge");
+  CHECK(report["tokens_max"].get<int64_t>() > 4);
+
+  REQUIRE(mole::test::run_command(base + " --data " + f.data, &out) == 0);
+  CHECK_THAT(out, Contains("1 x truncated image (e.g. bad_truncated)"));
+  CHECK_THAT(out, Contains("skipped: 7"));
+
+  CHECK(mole::test::run_command(base + " --data " + f.data + " --strict", &out) == 1);
+  CHECK_THAT(out, Contains("bad_no_conversations"));
+
+  write_bytes(f.dir + "/not_llava.json", R"([{"question_id": 1, "text": "What?"}, {"question_id": 2}])");
+  CHECK(mole::test::run_command(base + " --data " + f.dir + "/not_llava.json", &out) == 1);
+  CHECK_THAT(out, Contains("not a LLaVA conversation file"));
+  CHECK(mole::test::run_command(base + " --data " + f.dir + "/missing.json", &out) == 1);
+}
