@@ -1,11 +1,14 @@
 #include "model/llava_loader.h"
 
+#include <cmath>
+#include <filesystem>
 #include <set>
 #include <sstream>
 
 #include <torch/torch.h>
 
 #include "core/json_config.h"
+#include "core/dtype.h"
 #include "core/linear.h"
 
 namespace mole {
@@ -152,6 +155,41 @@ LoadedLlava load_llava(const std::string& dir, torch::ScalarType dtype, torch::D
   }
   loaded.model->eval();
   return loaded;
+}
+
+void save_llava(const std::string& dir, Llava& model) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& entry : llava_weight_table(model)) tensors.emplace_back(entry.name, entry.target.detach());
+  json config = model->config.to_json();
+  config["dtype"] = dtype_name(tensors.front().second.scalar_type());
+  save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  write_json_file(dir + "/config.json", config);
+}
+
+void init_llava_for_pretraining(Llava& model, double std) {
+  torch::NoGradGuard no_grad;
+  const double residual_scale_text = 1.0 / std::sqrt(2.0 * double(model->config.text.n_layers));
+  const double residual_scale_vision = 1.0 / std::sqrt(2.0 * double(model->config.vision.n_layers));
+  for (auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    auto ends_with = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    const bool norm = name.find("norm") != std::string::npos;  // RMSNorm / LayerNorm: weight 1, bias 0
+    if (ends_with(".bias")) {
+      p.zero_();
+    } else if (norm) {
+      p.fill_(1.0);
+    } else if (ends_with("o_proj.weight") || ends_with("down_proj.weight")) {
+      p.normal_(0.0, std * residual_scale_text);
+    } else if (ends_with("out_proj.weight") || ends_with("fc2.weight")) {
+      p.normal_(0.0, std * residual_scale_vision);
+    } else {
+      p.normal_(0.0, std);  // Linear and embedding weights, class embedding, position embeddings
+    }
+  }
 }
 
 }  // namespace mole

@@ -49,4 +49,16 @@ struct LoadedLlava {
 LoadedLlava load_llava(const std::string& dir, torch::ScalarType dtype = torch::kFloat32,
                        torch::Device device = torch::kCPU);
 
+// Writes DIR/config.json and DIR/model.safetensors in the older llava-hf layout (language_model.model...,
+// vision_tower.vision_model..., multi_modal_projector...), float32 or the model's dtype as it is: a folder that
+// load_llava and transformers' LlavaForConditionalGeneration.from_pretrained both read. Adapters are not saved
+// (save them apart); a tied head is written once, as the embedding. Each file is written atomically.
+void save_llava(const std::string& dir, Llava& model);
+
+// Initialisation for training from scratch, as transformers' _init_weights for LLaMA/CLIP-sized models and
+// GPT-2: every Linear and embedding weight ~ N(0, std), biases 0, norms 1, and the projections that write into
+// the residual stream (o_proj, down_proj, out_proj, fc2) scaled by 1/sqrt(2 * layers) so the residual's
+// variance does not grow with depth. Deterministic under torch::manual_seed.
+void init_llava_for_pretraining(Llava& model, double std = 0.02);
+
 }  // namespace mole

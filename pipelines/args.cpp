@@ -17,6 +17,20 @@ Args& Args::flag(const std::string& name, const std::string& help) {
   return *this;
 }
 
+Args& Args::repeated(const std::string& name, const std::string& help) {
+  Spec s;
+  s.name = name;
+  s.help = help;
+  s.is_repeated = true;
+  specs_.push_back(s);
+  return *this;
+}
+
+std::vector<std::string> Args::get_all(const std::string& name) const {
+  auto it = lists_.find(name);
+  return it == lists_.end() ? std::vector<std::string>{} : it->second;
+}
+
 Args& Args::positional(const std::string& name, const std::string& help) {
   specs_.push_back({name, help, "", false, true, true});
   return *this;
@@ -53,7 +67,8 @@ bool Args::parse(int argc, char** argv, int first) {
         if (i + 1 >= argc) throw UsageError("mole " + command_ + ": option --" + name + " needs a value");
         value = argv[++i];
       }
-      values_[name] = value;
+      if (spec->is_repeated) lists_[name].push_back(value);
+      else values_[name] = value;
       continue;
     }
     if (next_positional >= positionals.size())
@@ -61,7 +76,7 @@ bool Args::parse(int argc, char** argv, int first) {
     values_[positionals[next_positional++]->name] = arg;
   }
   for (const auto& s : specs_) {
-    if (values_.count(s.name)) continue;
+    if (values_.count(s.name) || s.is_repeated) continue;
     if (s.required)
       throw UsageError("mole " + command_ + ": missing " + (s.is_positional ? s.name : "--" + s.name) +
                        " (see --help)");

@@ -23,6 +23,7 @@ const Command kCommands[] = {
     {"make-data", mole::cmd_make_data, "write the synthetic shapes dataset (images, instructions, eval files)"},
     {"train-tokenizer", mole::cmd_train_tokenizer, "train a LLaMA-style sentencepiece tokenizer folder"},
     {"check-data", mole::cmd_check_data, "run the data loader over a dataset and report what it finds"},
+    {"train", mole::cmd_train, "train: pretrain, align (projector) or finetune (LoRA / MoLE adapters)"},
 };
 
 void usage(FILE* out) {

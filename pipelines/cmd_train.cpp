@@ -1,0 +1,36 @@
+// mole train --config run.json [--set key=value ...] [--resume]
+// The training stages (pipelines/trainer.h): the config file is the one field list (pipelines/train_config.h);
+// --set changes fields of it for this run, e.g. --set optim.lr=1e-3 --set model.adapter.n_experts=4.
+#include <cstdio>
+#include <string>
+
+#include "core/json_config.h"
+#include "pipelines/args.h"
+#include "pipelines/commands.h"
+#include "pipelines/train_config.h"
+#include "pipelines/trainer.h"
+
+namespace mole {
+
+int cmd_train(int argc, char** argv) {
+  Args args("train",
+            "Train: pretrain (all parameters, from scratch or a base), align (the projector, LLaVA stage 1) or "
+            "finetune (LoRA / MoLE adapters, LLaVA stage 2). Writes OUT/run.json, OUT/metrics.jsonl, "
+            "OUT/checkpoints/ and OUT/final/. Ctrl-C writes a checkpoint and stops.");
+  args.option("config", "run config JSON (see README: Training)", "", true)
+      .repeated("set", "KEY=VALUE override of a config field, dotted (optim.lr=1e-3); repeatable")
+      .flag("resume", "continue from OUT/checkpoints/latest, exactly where it stopped")
+      .flag("print-config", "print the resolved config and exit");
+  if (!args.parse(argc, argv)) return 0;
+  json j = read_json_file(args.get("config"));
+  for (const std::string& assignment : args.get_all("set")) apply_override(j, assignment);
+  TrainConfig config = TrainConfig::from_json(j, args.get("config"));
+  if (args.has("print-config")) {
+    std::printf("%s\n", config.to_json().dump(2).c_str());
+    return 0;
+  }
+  TrainResult result = run_training(config, args.has("resume"));
+  return result.interrupted ? 130 : 0;
+}
+
+}  // namespace mole

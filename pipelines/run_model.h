@@ -1,0 +1,68 @@
+// What a training run leaves behind, and loading it back: every checkpoint folder and a run's final/ folder hold
+// model.json (how to rebuild the model: the base checkpoint or an init config, the projector weights put on the
+// base, the adapter config, the tokenizer, the conversation template and the image preprocessing) beside
+// trainable.safetensors (the trained parameters, by their full module names). Rebuilding is: base (or init) ->
+// projector -> attach adapters -> trained weights over them. eval-vqa, routes and generate take a run folder, a
+// checkpoint folder or a plain llava-hf folder alike.
+//
+// final/ also carries the user-facing forms: for pretrain a whole llava-hf folder (config.json,
+// model.safetensors, tokenizer, preprocessor_config.json) that transformers reads; for align the projector
+// (projector.safetensors, as LLaVA's mm_projector.bin); for finetune the adapter folder (adapter/, mole's
+// format, or PEFT's for plain LoRA in adapter_peft/).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "data/image.h"
+#include "language/conversation.h"
+#include "language/tokenizer.h"
+#include "model/llava.h"
+
+namespace mole {
+
+struct ModelSpec {
+  std::string stage;                 // pretrain | align | finetune | base (a plain checkpoint)
+  std::string base;                  // llava-hf folder; "" when built from `init`
+  nlohmann::json init;               // llava config.json object (pretraining from scratch)
+  std::string projector;             // safetensors of multi_modal_projector.* put on the base, or ""
+  nlohmann::json adapter;            // AdapterConfig object, or null
+  std::string tokenizer;             // tokenizer folder
+  std::string conversation_template = "vicuna_v1";
+  nlohmann::json image_processor;    // preprocessor_config.json values (ImageProcessorConfig::to_json)
+
+  nlohmann::json to_json() const;
+  static ModelSpec from_json(const nlohmann::json& j, const std::string& where);
+};
+
+struct TrainedModel {
+  ModelSpec spec;
+  Llava model = nullptr;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  ImageProcessorConfig image_config;
+  Template conversation_template = Template::kVicunaV1;
+  std::string source;  // the folder it was loaded from
+};
+
+// The model the spec describes, without trained weights: base loaded (or init, randomly initialised with
+// init_llava_for_pretraining under the current torch seed), projector loaded, adapters attached. Every base
+// parameter is frozen; adapters are trainable.
+TrainedModel build_model(const ModelSpec& spec, torch::Device device = torch::kCPU);
+
+// PATH is a run folder (its final/ is used), a checkpoint or final folder (model.json), or a llava-hf folder
+// (config.json; tokenizer and preprocessor_config.json from the same folder, template vicuna_v1 unless given).
+// The model is returned in eval mode.
+TrainedModel load_trained(const std::string& path, torch::Device device = torch::kCPU);
+
+// The folder load_trained would read for PATH (PATH/final for a run folder, else PATH).
+std::string resolve_model_dir(const std::string& path);
+
+// Image preprocessing for a model: `given` (a preprocessor_config object) when not null, else DIR's
+// preprocessor_config.json when there is one, else the vision tower's own size (shortest edge and crop =
+// image_size) with CLIP's mean and std and LLaVA's pad-to-square.
+ImageProcessorConfig image_config_for(const LlavaConfig& config, const nlohmann::json& given, const std::string& dir);
+
+}  // namespace mole
