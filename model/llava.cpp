@@ -167,6 +167,7 @@ RoutingContext LlavaImpl::routing_context_for(const torch::Tensor& modality, con
   context.valid = mask.defined() ? mask.reshape({-1}).to(torch::kBool) : torch::ones_like(context.modality, torch::kBool);
   context.stats = routing_stats;
   context.losses = routing_losses;
+  context.top1 = routing_top1;
   return context;
 }
 

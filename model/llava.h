@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,7 @@ class LlavaImpl : public torch::nn::Module {
   // Where MoLE layers send routing statistics and balance losses during forward/generate (null: nowhere).
   RoutingStats* routing_stats = nullptr;
   std::vector<std::pair<std::string, BalanceLosses>>* routing_losses = nullptr;
+  std::map<std::string, torch::Tensor>* routing_top1 = nullptr;  // RoutingContext::top1
 
   // Modality of each token id: image for image_token_index, else text. (B, T) -> (B, T) int64
   torch::Tensor token_modality(const torch::Tensor& input_ids) const;

@@ -49,6 +49,7 @@ Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::
   if (auto* ctx = RoutingScope::current()) {
     if (ctx->stats) ctx->stats->record(layer_name, routing, modality, valid, ctx->phase);
     if (ctx->losses && losses.any()) ctx->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses));
+    if (ctx->top1) (*ctx->top1)[layer_name] = routing.topk_index.select(1, 0).detach().cpu();
   }
   return routing;
 }

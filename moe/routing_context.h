@@ -7,6 +7,7 @@
 // N=tokens (batch x sequence, flattened in x's order)
 #pragma once
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +26,9 @@ struct RoutingContext {
   RoutingStats* stats = nullptr;  // record every routing decision here when set
   // Balance losses of every MoLE layer (layer name, losses) when set; the trainer sums them.
   std::vector<std::pair<std::string, BalanceLosses>>* losses = nullptr;
+  // Each layer's top-1 expert per token (N) int64 on the CPU, from the latest decision, when set: what the
+  // routing pictures colour image patches by. Costs a copy to the host per layer, so only tools set it.
+  std::map<std::string, torch::Tensor>* top1 = nullptr;
 };
 
 class RoutingScope {

@@ -11,5 +11,10 @@ int cmd_forward(int argc, char** argv);  // mole forward --model DIR --inputs IN
 int cmd_make_data(int argc, char** argv);  // mole make-data shapes --out DIR
 int cmd_train_tokenizer(int argc, char** argv);  // mole train-tokenizer --corpus FILE --vocab-size N --out DIR
 int cmd_check_data(int argc, char** argv);  // mole check-data --data FILE --images DIR --tokenizer DIR
+int cmd_train(int argc, char** argv);  // mole train --config run.json [--set k=v] [--resume]
+int cmd_score_vqa(int argc, char** argv);  // mole score-vqa --results R --annotations A
+int cmd_demo(int argc, char** argv);  // mole demo [--out DIR] [--quick]
+int cmd_routes(int argc, char** argv);  // mole routes --model M --data FILE --images DIR --out DIR
+int cmd_eval_vqa(int argc, char** argv);  // mole eval-vqa --model M --questions Q --images DIR --out DIR
 
 }  // namespace mole

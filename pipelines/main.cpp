@@ -18,11 +18,15 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"demo", mole::cmd_demo, "the whole pipeline on self-made data: pretrain, align, LoRA vs MoLE, eval, routes"},
     {"info", mole::cmd_info, "describe a llava-hf checkpoint folder and this build"},
     {"forward", mole::cmd_forward, "run a checkpoint on input tensors and write logits (parity checks)"},
     {"make-data", mole::cmd_make_data, "write the synthetic shapes dataset (images, instructions, eval files)"},
     {"train-tokenizer", mole::cmd_train_tokenizer, "train a LLaMA-style sentencepiece tokenizer folder"},
     {"check-data", mole::cmd_check_data, "run the data loader over a dataset and report what it finds"},
+    {"eval-vqa", mole::cmd_eval_vqa, "answer a VQA question file (greedy, batched) and score it (VQAv2 metric)"},
+    {"routes", mole::cmd_routes, "draw a MoLE model's routing per layer, expert and modality (PNG, JSON, HTML)"},
+    {"score-vqa", mole::cmd_score_vqa, "score a results file with the official VQAv2 / GQA / ScienceQA / POPE metrics"},
     {"train", mole::cmd_train, "train: pretrain, align (projector) or finetune (LoRA / MoLE adapters)"},
 };
 

@@ -93,13 +93,14 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& where) {
 
   const json r = section(j, "run");
   const std::string wr = where + " run";
-  check_keys(r, {"seed", "log_every", "save_every", "keep_last", "max_bad_steps", "threads", "device",
-                 "progress"}, wr);
+  check_keys(r, {"seed", "log_every", "save_every", "keep_last", "max_bad_steps", "stop_after", "threads",
+                 "device", "progress"}, wr);
   c.seed = field_or<uint64_t>(r, "seed", c.seed, wr);
   c.log_every = std::max<int64_t>(1, field_or<int64_t>(r, "log_every", c.log_every, wr));
   c.save_every = field_or<int64_t>(r, "save_every", c.save_every, wr);
   c.keep_last = std::max<int64_t>(1, field_or<int64_t>(r, "keep_last", c.keep_last, wr));
   c.max_bad_steps = std::max<int64_t>(1, field_or<int64_t>(r, "max_bad_steps", c.max_bad_steps, wr));
+  c.stop_after = field_or<int64_t>(r, "stop_after", c.stop_after, wr);
   c.threads = field_or<int64_t>(r, "threads", c.threads, wr);
   c.device = field_or<std::string>(r, "device", c.device, wr);
   c.progress = field_or<std::string>(r, "progress", c.progress, wr);
@@ -123,7 +124,7 @@ json TrainConfig::to_json() const {
                      {"min_lr_ratio", min_lr_ratio}, {"grad_accum", grad_accum}, {"clip", clip}, {"bf16", bf16},
                      {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}}},
           {"run", {{"seed", seed}, {"log_every", log_every}, {"save_every", save_every}, {"keep_last", keep_last},
-                   {"max_bad_steps", max_bad_steps}, {"threads", threads}, {"device", device},
+                   {"max_bad_steps", max_bad_steps}, {"stop_after", stop_after}, {"threads", threads}, {"device", device},
                    {"progress", progress}}}};
 }
 

@@ -9,7 +9,8 @@
 //            "batch_size": N, "workers": N, "group_by_length": bool, "strict": bool},
 //  "optim": {"steps": N, "epochs": X, "lr", "projector_lr", "router_lr", "weight_decay", "warmup_ratio",
 //            "min_lr_ratio", "grad_accum", "clip", "bf16": "auto" | true | false, "beta1", "beta2", "eps"},
-//  "run":   {"seed", "log_every", "save_every", "keep_last", "max_bad_steps", "threads", "device", "progress"}}
+//  "run":   {"seed", "log_every", "save_every", "keep_last", "max_bad_steps", "stop_after", "threads", "device",
+//            "progress"}}
 #pragma once
 
 #include <cstdint>
@@ -65,6 +66,8 @@ struct TrainConfig {
   int64_t save_every = 0;         // 0: only at the end
   int64_t keep_last = 2;
   int64_t max_bad_steps = 5;      // non-finite steps in a row before the run stops
+  int64_t stop_after = 0;         // stop at this step with a checkpoint (a job's time slice); the schedule still
+                                  // spans optim.steps, and --resume continues; 0: run to the end
   int64_t threads = 0;            // LibTorch threads; 0: mole's default (MOLE_THREADS or every core)
   std::string device = "cpu";
   std::string progress = "auto";  // auto (a bar on a terminal) | bar | lines | off

@@ -279,8 +279,9 @@ TrainResult run_training(const TrainConfig& config, bool resume) {
   model->train();
   TrainResult result;
   while (step < total_steps) {
-    if (g_interrupted) {
-      result.interrupted = true;
+    if (g_interrupted || (c.stop_after > 0 && step >= c.stop_after)) {
+      result.interrupted = g_interrupted;
+      result.stopped = true;
       break;
     }
     // forward + backward over grad_accum batches; each batch's mean loss weighs 1/grad_accum (HF Trainer)
@@ -400,13 +401,15 @@ TrainResult run_training(const TrainConfig& config, bool resume) {
   const SkipReport skipped = loader.skip_report();
   if (skipped.total() > 0)
     std::fprintf(stderr, "skipped records: %lld\n%s", (long long)skipped.total(), skipped.to_text().c_str());
-  metrics << json{{"event", result.interrupted ? "interrupted" : "end"}, {"step", step},
+  metrics << json{{"event", result.interrupted ? "interrupted" : result.stopped ? "stopped" : "end"}, {"step", step},
                   {"skipped_records", skipped.to_json()}, {"data_wait_s_total", loader.wait_seconds()}}
                  .dump()
           << "\n" << std::flush;
-  if (result.interrupted) {
+  if (result.stopped) {
     result.final_dir = save_checkpoint();
-    std::fprintf(stderr, "interrupted: checkpoint written to %s (continue with --resume)\n", result.final_dir.c_str());
+    std::fprintf(stderr, "%s at step %lld: checkpoint written to %s (continue with --resume)\n",
+                 g_interrupted ? "interrupted" : "stopped (run.stop_after)", (long long)step,
+                 result.final_dir.c_str());
     return result;
   }
   save_checkpoint();

@@ -20,6 +20,7 @@ struct TrainResult {
   double last_loss = 0.0;     // mean loss of the last logging window
   std::string final_dir;      // RUN/final, or the checkpoint written on interruption
   bool interrupted = false;   // Ctrl-C: a checkpoint was written and the run stopped early
+  bool stopped = false;       // run.stop_after (or Ctrl-C): stopped before the last step, with a checkpoint
 };
 
 // Runs (or with `resume`, continues from RUN/checkpoints/latest) the training the config describes. Writes

@@ -1,0 +1,92 @@
+// mole eval-vqa --model RUN_OR_CHECKPOINT --questions Q --images DIR --out DIR [--annotations A]
+// Answers a question file with batched greedy decoding (LLaVA's model_vqa_loader defaults: the model's template,
+// max_new_tokens 128) and writes DIR/answers.jsonl in LLaVA's answer format and DIR/results.json in VQAv2's
+// submission format (answers through LLaVA's EvalAIAnswerProcessor, as scripts/convert_vqav2_for_submission.py).
+// With --annotations (VQAv2 format) it scores them with the official metric (data/vqa_metrics.h) and writes
+// DIR/scores.json: overall, perQuestionType, perAnswerType, evalQA, plus perCategory (the question file's
+// "category", e.g. the task family of the shapes set).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "core/json_config.h"
+#include "data/vqa_data.h"
+#include "data/vqa_metrics.h"
+#include "pipelines/answer.h"
+#include "pipelines/args.h"
+#include "pipelines/commands.h"
+#include "pipelines/run_model.h"
+
+namespace mole {
+
+namespace {
+
+const char* kShortAnswerSuffix = "\nAnswer the question using a single word or phrase.";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// LLaVA question jsonl as it is; a VQAv2 questions JSON with each image named by `pattern` (printf, image_id)
+// and LLaVA's short-answer suffix appended, as llava_vqav2_mscoco_test-dev2015.jsonl has it.
+std::vector<VqaQuestion> read_questions(const std::string& path, const std::string& pattern) {
+  if (ends_with(path, ".jsonl")) return read_llava_questions(path);
+  std::vector<VqaQuestion> questions = read_vqav2_questions(path);
+  for (VqaQuestion& q : questions) {
+    char name[512];
+    std::snprintf(name, sizeof(name), pattern.c_str(), static_cast<long long>(q.image_id));
+    q.image = name;
+    q.text += kShortAnswerSuffix;
+  }
+  return questions;
+}
+
+}  // namespace
+
+int cmd_eval_vqa(int argc, char** argv) {
+  Args args("eval-vqa",
+            "Answer a VQA question file with greedy decoding and score it with the official VQAv2 metric.");
+  args.option("model", "a mole run, checkpoint or final folder, or a llava-hf folder", "", true)
+      .option("questions", "LLaVA question .jsonl, or VQAv2 questions .json", "", true)
+      .option("images", "folder the questions' images are in", "")
+      .option("out", "output folder (answers.jsonl, results.json, scores.json)", "", true)
+      .option("annotations", "VQAv2 annotations JSON: score the answers", "")
+      .option("image-pattern", "VQAv2 questions: image file name from image_id (printf)", "COCO_val2014_%012lld.jpg")
+      .option("batch-size", "questions per generate() batch", "16")
+      .option("max-new-tokens", "longest answer in tokens (LLaVA: 128)", "128")
+      .option("device", "cpu or cuda", "cpu")
+      .option("model-id", "model_id written in answers.jsonl", "mole");
+  if (!args.parse(argc, argv)) return 0;
+
+  const auto start = std::chrono::steady_clock::now();
+  TrainedModel model = load_trained(args.get("model"), torch::Device(args.get("device")));
+  const std::vector<VqaQuestion> questions = read_questions(args.get("questions"), args.get("image-pattern"));
+  AnswerOptions options;
+  options.batch_size = args.get_int("batch-size");
+  options.max_new_tokens = args.get_int("max-new-tokens");
+  options.image_dir = args.get("images");
+  const std::vector<ModelAnswer> answers = answer_questions(model, questions, options);
+
+  const std::string out = args.get("out");
+  std::filesystem::create_directories(out);
+  write_answers_jsonl(out + "/answers.jsonl", answers, args.get("model-id"));
+  json results = json::array();
+  for (const ModelAnswer& a : answers)
+    results.push_back({{"question_id", a.question_id}, {"answer", eval_ai_answer_processor(a.text)}});
+  write_json_file(out + "/results.json", results);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("%zu answers in %.1f s -> %s/answers.jsonl\n", answers.size(), seconds, out.c_str());
+  if (args.has("annotations")) {
+    json scores = score_answers_vqav2(answers, args.get("annotations"));
+    write_json_file(out + "/scores.json", scores);
+    std::printf("VQAv2 accuracy: %.2f\n", scores["overall"].get<double>());
+    for (const auto& [type, acc] : scores["perAnswerType"].items())
+      std::printf("  %-10s %.2f\n", type.c_str(), acc.get<double>());
+    for (const auto& [category, acc] : scores["perCategory"].items())
+      std::printf("  [%s] %.2f\n", category.c_str(), acc.get<double>());
+  }
+  return 0;
+}
+
+}  // namespace mole

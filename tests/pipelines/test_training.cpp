@@ -1,0 +1,238 @@
+// mole train: AdamW against torch's, the cosine schedule, config overrides, exact resume (N steps straight equal
+// N/2 + resume + N/2: losses and final weights), and a SIGKILL during a checkpoint write leaving the previous
+// checkpoint loadable and resumable.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "core/json_config.h"
+#include "core/safetensors.h"
+#include "data/shapes.h"
+#include "pipelines/checkpoint.h"
+#include "pipelines/optim.h"
+#include "pipelines/run_model.h"
+#include "pipelines/train_config.h"
+#include "pipelines/trainer.h"
+#include "tests/language/tiny_tokenizer.h"
+#include "tests/test_util.h"
+
+using namespace mole;
+using Catch::Contains;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A LLaVA small enough to train in a fraction of a second per step: 32 px images in 4 patches, 2 text layers.
+json tiny_init() {
+  return {{"model_type", "llava"},
+          {"vision_feature_layer", -1},
+          {"vision_config", {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 1},
+                             {"num_attention_heads", 2}, {"image_size", 32}, {"patch_size", 16}}},
+          {"text_config", {{"model_type", "llama"}, {"hidden_size", 32}, {"intermediate_size", 64},
+                           {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
+                           {"max_position_embeddings", 512}}}};
+}
+
+// Shapes data, the tiny tokenizer and a pretrained tiny base, made once per test process.
+struct Setup {
+  std::string dir, data, tokenizer, base;
+};
+
+const Setup& setup() {
+  static const Setup s = [] {
+    Setup s;
+    s.dir = mole::test::scratch_dir("training_setup");
+    s.data = s.dir + "/data";
+    ShapesOptions shapes;
+    shapes.out_dir = s.data;
+    shapes.n_train = 40;
+    shapes.n_eval = 4;
+    shapes.n_text_train = 10;
+    shapes.n_text_eval = 4;
+    make_shapes_dataset(shapes);
+    s.tokenizer = mole::test::tiny_tokenizer_dir();
+    json pretrain = {{"stage", "pretrain"},
+                     {"out", s.dir + "/pretrain"},
+                     {"model", {{"tokenizer", s.tokenizer}, {"init", tiny_init()}}},
+                     {"data", {{"train", s.data + "/captions.json"}, {"images", s.data}, {"max_len", 128},
+                               {"batch_size", 4}, {"workers", 1}}},
+                     {"optim", {{"steps", 3}, {"lr", 1e-3}}},
+                     {"run", {{"threads", 1}, {"progress", "off"}}}};
+    run_training(TrainConfig::from_json(pretrain, "test pretrain"), false);
+    s.base = s.dir + "/pretrain/final";
+    return s;
+  }();
+  return s;
+}
+
+// Finetuning with MoLE where randomness matters: noisy gating and LoRA dropout draw from the RNG every step.
+json finetune_config(const std::string& out) {
+  const Setup& s = setup();
+  return {{"stage", "finetune"},
+          {"out", out},
+          {"model", {{"base", s.base},
+                     {"adapter", {{"kind", "mole"}, {"granularity", "ffn"}, {"targets", {"gate_proj", "up_proj", "down_proj"}},
+                                  {"rank", 4}, {"alpha", 8.0}, {"dropout", 0.1}, {"n_experts", 4}, {"top_k", 2},
+                                  {"gating", "noisy_topk"}, {"losses", {{"switch_aux", 0.01}, {"z_loss", 0.001}}}}}}},
+          {"data", {{"train", s.data + "/instruct.json"}, {"images", s.data}, {"max_len", 160}, {"batch_size", 4},
+                    {"workers", 2}}},
+          {"optim", {{"steps", 6}, {"lr", 2e-3}, {"weight_decay", 0.01}, {"grad_accum", 2}, {"warmup_ratio", 0.2}}},
+          {"run", {{"threads", 1}, {"log_every", 1}, {"progress", "off"}, {"seed", 3}}}};
+}
+
+std::vector<json> logged_steps(const std::string& metrics) {
+  std::vector<json> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line);
+    if (j.contains("loss") && !j.contains("event")) out.push_back(j);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("AdamW equals torch::optim::AdamW step for step", "[unit][train]") {
+  torch::manual_seed(0);
+  torch::Tensor w = torch::randn({5, 4}, torch::kFloat64), b = torch::randn({4}, torch::kFloat64);
+  torch::Tensor w_ref = w.clone().set_requires_grad(true), b_ref = b.clone().set_requires_grad(true);
+  w.set_requires_grad(true);
+  b.set_requires_grad(true);
+  auto groups = make_param_groups({{"layer.weight", w}, {"layer.bias", b}}, 0.01, 0.01, 0.01, 0.1);
+  REQUIRE(groups.size() == 2);  // decay (the matrix) and no_decay (the bias)
+  AdamW ours(groups, 0.9, 0.999, 1e-8);
+  torch::optim::AdamW ref_decay({w_ref}, torch::optim::AdamWOptions(0.01).weight_decay(0.1));
+  torch::optim::AdamW ref_plain({b_ref}, torch::optim::AdamWOptions(0.01).weight_decay(0.0));
+  for (int step = 0; step < 5; ++step) {
+    torch::Tensor gw = torch::randn({5, 4}, torch::kFloat64), gb = torch::randn({4}, torch::kFloat64);
+    w.mutable_grad() = gw.clone();
+    b.mutable_grad() = gb.clone();
+    w_ref.mutable_grad() = gw.clone();
+    b_ref.mutable_grad() = gb.clone();
+    ours.step(1.0);
+    ref_decay.step();
+    ref_plain.step();
+    CHECK(mole::test::max_abs_diff(w, w_ref) < 1e-12);
+    CHECK(mole::test::max_abs_diff(b, b_ref) < 1e-12);
+  }
+  CHECK(ours.steps() == 5);
+}
+
+TEST_CASE("cosine schedule with warm-up as transformers computes it", "[unit][train]") {
+  CHECK(cosine_with_warmup(0, 10, 110) == 0.0);
+  CHECK(cosine_with_warmup(5, 10, 110) == Approx(0.5));
+  CHECK(cosine_with_warmup(10, 10, 110) == Approx(1.0));
+  CHECK(cosine_with_warmup(60, 10, 110) == Approx(0.5));
+  CHECK(cosine_with_warmup(110, 10, 110) == Approx(0.0).margin(1e-12));
+  CHECK(cosine_with_warmup(110, 10, 110, 0.1) == Approx(0.1));
+  CHECK(cosine_with_warmup(0, 0, 10) == Approx(1.0));
+}
+
+TEST_CASE("train config: --set overrides, unknown keys refused", "[unit][train]") {
+  json j = {{"stage", "finetune"}, {"out", "x"}, {"model", {{"base", "b"}, {"adapter", {{"kind", "lora"}}}}},
+            {"data", {{"train", "d.json"}}}};
+  apply_override(j, "optim.lr=0.5");
+  apply_override(j, "model.adapter.rank=4");
+  apply_override(j, "data.template=llava_llama_2");
+  apply_override(j, "data.train=[\"a.json\",\"b.json\"]");
+  TrainConfig c = TrainConfig::from_json(j, "cfg");
+  CHECK(c.lr == 0.5);
+  CHECK(c.adapter["rank"] == 4);
+  CHECK(c.conversation_template == "llava_llama_2");
+  CHECK(c.train_files == std::vector<std::string>{"a.json", "b.json"});
+  CHECK(TrainConfig::from_json(c.to_json(), "again").to_json() == c.to_json());
+  apply_override(j, "optim.learning_rate=1");
+  CHECK_THROWS_WITH(TrainConfig::from_json(j, "cfg"), Contains("unknown key 'learning_rate'"));
+  CHECK_THROWS_AS(apply_override(j, "noequals"), ConfigError);
+}
+
+TEST_CASE("a resumed run equals an uninterrupted one: losses and final weights", "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_resume");
+  TrainResult straight = run_training(TrainConfig::from_json(finetune_config(dir + "/straight"), "a"), false);
+  REQUIRE(straight.steps == 6);
+
+  json first = finetune_config(dir + "/resumed");
+  first["run"]["stop_after"] = 3;
+  TrainResult half = run_training(TrainConfig::from_json(first, "b1"), false);
+  CHECK(half.stopped);
+  CHECK(half.steps == 3);
+  CHECK(!fs::exists(dir + "/resumed/final"));
+  TrainResult rest = run_training(TrainConfig::from_json(finetune_config(dir + "/resumed"), "b2"), true);
+  CHECK(rest.steps == 6);
+
+  const auto a = logged_steps(dir + "/straight/metrics.jsonl"), b = logged_steps(dir + "/resumed/metrics.jsonl");
+  REQUIRE(a.size() == 6);
+  REQUIRE(b.size() == 6);
+  for (size_t i = 0; i < 6; ++i) {
+    INFO("step " << i + 1);
+    CHECK(a[i]["step"] == b[i]["step"]);
+    CHECK(a[i]["loss"].get<double>() == b[i]["loss"].get<double>());  // exactly
+    CHECK(a[i]["grad_norm"].get<double>() == b[i]["grad_norm"].get<double>());
+    CHECK(a[i]["aux"] == b[i]["aux"]);
+  }
+  CHECK(a[5]["aux"].contains("switch_aux"));
+  TensorStore wa(dir + "/straight/final/trainable.safetensors"), wb(dir + "/resumed/final/trainable.safetensors");
+  REQUIRE(wa.names() == wb.names());
+  for (const auto& name : wa.names()) CHECK(torch::equal(wa.tensor(name), wb.tensor(name)));
+
+  // The final folder is a model eval can load: adapters and projector on the base.
+  TrainedModel m = load_trained(dir + "/straight");
+  CHECK(m.spec.adapter["kind"] == "mole");
+  CHECK(fs::exists(dir + "/straight/final/adapter/adapter_config.json"));
+  CHECK(fs::exists(dir + "/straight/final/projector.safetensors"));
+}
+
+TEST_CASE("SIGKILL during a checkpoint write leaves the previous checkpoint loadable and resumable",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_sigkill");
+  json config = finetune_config(dir + "/run");
+  config["optim"]["steps"] = 40;
+  config["run"]["save_every"] = 2;
+  config["run"]["keep_last"] = 5;
+  write_json_file(dir + "/run.json", config);
+  // The checkpoint writer sleeps after its files are written (MOLE_TEST_CHECKPOINT_DELAY_MS), before the folder
+  // is renamed into place: the kill lands inside the write of step 4.
+  const std::string cmd = "MOLE_TEST_CHECKPOINT_DELAY_MS=1500 " + mole::test::mole_bin() + " train --config " + dir +
+                          "/run.json > " + dir + "/log.txt 2>&1 & echo $! > " + dir + "/pid";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::string pid;
+  std::ifstream(dir + "/pid") >> pid;
+  REQUIRE(!pid.empty());
+  const std::string checkpoints = dir + "/run/checkpoints";
+  bool writing_second = false;
+  for (int i = 0; i < 600 && !writing_second; ++i) {  // up to 60 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(checkpoints + "/step-0000002")) continue;
+    for (const auto& e : fs::directory_iterator(checkpoints))
+      if (e.path().filename().string().rfind(".tmp-step-0000004", 0) == 0) writing_second = true;
+  }
+  REQUIRE(std::system(("kill -9 " + pid).c_str()) == 0);
+  REQUIRE(writing_second);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  auto latest = latest_checkpoint(checkpoints);
+  REQUIRE(latest);
+  CHECK(fs::path(*latest).filename() == "step-0000002");
+  CHECK(!fs::exists(checkpoints + "/step-0000004"));
+  TrainedModel m = load_trained(*latest);  // loads: weights and config intact
+  CHECK(m.spec.stage == "finetune");
+
+  // and training continues from it
+  std::string out;
+  CHECK(mole::test::run_command(mole::test::mole_bin() + " train --config " + dir +
+                                    "/run.json --resume --set run.stop_after=4",
+                                &out) == 0);
+  CHECK_THAT(out, Contains("resumed from"));
+  CHECK_THAT(out, Contains("step-0000002"));
+  CHECK(fs::exists(checkpoints + "/step-0000004"));
+}
