@@ -37,12 +37,13 @@ namespace {
 struct DemoPlan {
   int64_t n_train, n_eval, n_text_train, n_text_eval, vocab;
   int64_t pretrain_steps, align_steps, finetune_steps, batch;
+  double finetune_lr;
   int64_t max_vqa_questions, max_text_questions, max_new_tokens;
 };
 
 DemoPlan plan(bool quick) {
-  if (quick) return {400, 50, 200, 40, 512, 150, 20, 60, 8, 150, 40, 12};
-  return {2000, 200, 1000, 200, 768, 500, 60, 200, 8, 800, 200, 24};
+  if (quick) return {400, 50, 200, 40, 512, 100, 10, 100, 4, 3e-3, 150, 40, 12};
+  return {2000, 200, 1000, 200, 768, 500, 60, 240, 8, 2e-3, 800, 200, 24};
 }
 
 // The small LLaVA trained from scratch: CLIP-style ViT on 64 px images (16 patches of 16 px) and a 4-layer
@@ -62,18 +63,17 @@ json small_llava_config() {
                            {"tie_word_embeddings", false}, {"hidden_act", "silu"}}}};
 }
 
-// The three adapters, on the FFN of every layer: LoRA rank 16, and MoLE with 8 experts of rank 8, top-2, so
-// every token uses 2 x 8 = 16 ranks in each, as with LoRA. modality_grouped gives experts 0-3 to text and 4-7
-// to image tokens.
+// The three adapters, on every Linear of the language model (LLaVA's LoRA recipe targets them all): plain LoRA
+// of rank 16; MoLE at FFN level with 4 experts of rank 16 and top-1 routing (LLaVA-MoLE's sparse top-1), so each
+// token uses rank 16 in every FFN as with LoRA, and attention carries the same rank-16 LoRA in all three.
+// modality_grouped gives experts 0-1 to text and 2-3 to image tokens.
 std::map<std::string, json> adapters() {
-  const json mlp = {"gate_proj", "up_proj", "down_proj"};
-  json lora = {{"kind", "lora"}, {"targets", mlp}, {"rank", 16}, {"alpha", 32.0}, {"dropout", 0.0}};
-  json learned = {{"kind", "mole"}, {"granularity", "ffn"}, {"targets", mlp}, {"rank", 8}, {"alpha", 16.0},
-                  {"dropout", 0.0}, {"n_experts", 8}, {"top_k", 2}, {"routing_mode", "learned"},
-                  {"losses", {{"switch_aux", 0.01}}}};
+  json lora = {{"kind", "lora"}, {"rank", 16}, {"alpha", 32.0}, {"dropout", 0.0}};
+  json learned = {{"kind", "mole"}, {"granularity", "ffn"}, {"rank", 16}, {"alpha", 32.0}, {"dropout", 0.0},
+                  {"n_experts", 4}, {"top_k", 1}, {"routing_mode", "learned"}, {"losses", {{"switch_aux", 0.01}}}};
   json grouped = learned;
   grouped["routing_mode"] = "modality_grouped";
-  grouped["expert_modality"] = {0, 0, 0, 0, 1, 1, 1, 1};
+  grouped["expert_modality"] = {0, 0, 1, 1};
   grouped["losses"] = {{"switch_aux", 0.01}, {"per_modality", true}};
   return {{"lora", lora}, {"mole_learned", learned}, {"mole_grouped", grouped}};
 }
@@ -91,7 +91,7 @@ std::pair<int64_t, int64_t> parameter_counts(TrainedModel& m) {
   int64_t k = 1, e = 1;
   if (m.spec.adapter.is_object() && m.spec.adapter.value("kind", "") == "mole") {
     k = m.spec.adapter.value("top_k", int64_t(2));
-    e = m.spec.adapter.value("n_experts", int64_t(8));
+    e = m.spec.adapter.value("n_experts", int64_t(8));  // (the router's E x d weight counts whole)
   }
   for (const auto& item : m.model->named_parameters()) {
     const std::string& name = item.key();
@@ -233,7 +233,7 @@ int cmd_demo(int argc, char** argv) {
                             {"adapter", variants.at(name)}, {"train_projector", true}}},
                  {"data", {{"train", data + "/instruct.json"}, {"template", "vicuna_v1"}, {"max_len", 256},
                            {"batch_size", p.batch}}},
-                 {"optim", {{"steps", p.finetune_steps}, {"lr", 2e-3}, {"warmup_ratio", 0.05}}}});
+                 {"optim", {{"steps", p.finetune_steps}, {"lr", p.finetune_lr}, {"warmup_ratio", 0.05}}}});
     evaluate(name, out + "/runs/" + name + "/final");
   }
 

@@ -53,6 +53,7 @@ int cmd_eval_vqa(int argc, char** argv) {
       .option("out", "output folder (answers.jsonl, results.json, scores.json)", "", true)
       .option("annotations", "VQAv2 annotations JSON: score the answers", "")
       .option("image-pattern", "VQAv2 questions: image file name from image_id (printf)", "COCO_val2014_%012lld.jpg")
+      .option("limit", "answer only the first N questions and score against their annotations (0: all)", "0")
       .option("batch-size", "questions per generate() batch", "16")
       .option("max-new-tokens", "longest answer in tokens (LLaVA: 128)", "128")
       .option("device", "cpu or cuda", "cpu")
@@ -61,7 +62,9 @@ int cmd_eval_vqa(int argc, char** argv) {
 
   const auto start = std::chrono::steady_clock::now();
   TrainedModel model = load_trained(args.get("model"), torch::Device(args.get("device")));
-  const std::vector<VqaQuestion> questions = read_questions(args.get("questions"), args.get("image-pattern"));
+  std::vector<VqaQuestion> questions = read_questions(args.get("questions"), args.get("image-pattern"));
+  const int64_t limit = args.get_int("limit");
+  if (limit > 0 && int64_t(questions.size()) > limit) questions.resize(size_t(limit));
   AnswerOptions options;
   options.batch_size = args.get_int("batch-size");
   options.max_new_tokens = args.get_int("max-new-tokens");
@@ -78,7 +81,7 @@ int cmd_eval_vqa(int argc, char** argv) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("%zu answers in %.1f s -> %s/answers.jsonl\n", answers.size(), seconds, out.c_str());
   if (args.has("annotations")) {
-    json scores = score_answers_vqav2(answers, args.get("annotations"));
+    json scores = score_answers_vqav2(answers, args.get("annotations"), limit > 0);
     write_json_file(out + "/scores.json", scores);
     std::printf("VQAv2 accuracy: %.2f\n", scores["overall"].get<double>());
     for (const auto& [type, acc] : scores["perAnswerType"].items())

@@ -83,8 +83,6 @@ if [ "$run_tests" = 1 ]; then
   ctest --test-dir build --output-on-failure -j "$jobs"
 fi
 if [ "$run_demo" = 1 ]; then
-  step "main job"
-  # Until `mole demo` exists: describe the tiny checkpoint the reference tests produce.
-  "$py" tests/reference/make_tiny_llava.py --out build/ref >/dev/null
-  ./build/mole info build/ref/tiny_llava
+  step "main job: mole demo (data, tokenizer, pretrain, align, LoRA vs MoLE, eval, routes, report)"
+  ./build/mole demo --out demo_out
 fi
