@@ -76,27 +76,35 @@ std::map<int64_t, VqaAnnotation> read_vqav2_annotations(const std::string& path)
   return out;
 }
 
-std::vector<VqaQuestion> read_llava_questions(const std::string& path) {
+void for_each_json_line(const std::string& path,
+                        const std::function<void(const json&, const std::string&, int64_t)>& fn) {
   std::ifstream in(path);
   if (!in) throw DataError(path + ": cannot open");
-  std::vector<VqaQuestion> out;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    std::string where = path + ": line " + std::to_string(n);
+    const std::string where = path + ": line " + std::to_string(n);
     json e;
     try {
       e = json::parse(line);
     } catch (const json::exception& err) {
       throw DataError(where + ": not valid JSON: " + err.what());
     }
+    if (!e.is_object()) throw DataError(where + ": expected a JSON object");
+    fn(e, where, n);
+  }
+}
+
+std::vector<VqaQuestion> read_llava_questions(const std::string& path) {
+  std::vector<VqaQuestion> out;
+  for_each_json_line(path, [&](const json& e, const std::string& where, int64_t) {
     VqaQuestion q;
     q.question_id = get<int64_t>(e, "question_id", where);
     q.text = get<std::string>(e, "text", where);
     q.image = e.value("image", "");
     q.category = e.value("category", "");
     out.push_back(std::move(q));
-  }
+  });
   return out;
 }
 

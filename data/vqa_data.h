@@ -3,9 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace mole {
 
@@ -29,6 +32,11 @@ std::vector<VqaQuestion> read_vqav2_questions(const std::string& path);
 // {"annotations": [{"question_id", "image_id", "question_type", "answer_type", "multiple_choice_answer",
 // "answers": [{"answer", ...}]}]} keyed by question id (a repeated id is an error).
 std::map<int64_t, VqaAnnotation> read_vqav2_annotations(const std::string& path);
+// Calls fn(object, where, line number) for each non-blank line of a JSON Lines file; a line that is not valid
+// JSON or not an object is a DataError naming the file and line ("<path>: line N").
+void for_each_json_line(const std::string& path,
+                        const std::function<void(const nlohmann::json&, const std::string&, int64_t)>& fn);
+
 // One JSON object a line; blank lines are skipped; a bad line is an error naming its line number.
 std::vector<VqaQuestion> read_llava_questions(const std::string& path);
 

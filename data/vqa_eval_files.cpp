@@ -22,26 +22,6 @@ json parse_file(const std::string& path) {
   }
 }
 
-// Calls fn(json, where) for each non-blank line of a JSON Lines file.
-template <typename Fn>
-void for_each_json_line(const std::string& path, Fn fn) {
-  std::ifstream in(path);
-  if (!in) throw DataError(path + ": cannot open");
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    std::string where = path + ": line " + std::to_string(n);
-    json e;
-    try {
-      e = json::parse(line);
-    } catch (const json::exception& err) {
-      throw DataError(where + ": not valid JSON: " + err.what());
-    }
-    if (!e.is_object()) throw DataError(where + ": expected a JSON object");
-    fn(e, where, n);
-  }
-}
-
 // A question id as text: a JSON string as written, an integer as its digits. Returns false for other types.
 bool id_text(const json& v, std::string* out, bool* is_integer) {
   if (v.is_string()) {

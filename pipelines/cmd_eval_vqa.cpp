@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/json_config.h"
 #include "data/vqa_data.h"
@@ -51,7 +52,9 @@ int cmd_eval_vqa(int argc, char** argv) {
       .option("questions", "LLaVA question .jsonl, or VQAv2 questions .json", "", true)
       .option("images", "folder the questions' images are in", "")
       .option("out", "output folder (answers.jsonl, results.json, scores.json)", "", true)
-      .option("annotations", "VQAv2 annotations JSON: score the answers", "")
+      .option("annotations", "ground truth: score the answers (VQAv2 annotations; GQA / ScienceQA / POPE files "
+                             "as score-vqa reads them with --format)", "")
+      .option("format", "vqav2, gqa, scienceqa or pope: which metric scores the answers", "vqav2")
       .option("image-pattern", "VQAv2 questions: image file name from image_id (printf)", "COCO_val2014_%012lld.jpg")
       .option("limit", "answer only the first N questions and score against their annotations (0: all)", "0")
       .option("batch-size", "questions per generate() batch", "16")
@@ -80,6 +83,17 @@ int cmd_eval_vqa(int argc, char** argv) {
   write_json_file(out + "/results.json", results);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("%zu answers in %.1f s -> %s/answers.jsonl\n", answers.size(), seconds, out.c_str());
+  if (args.has("annotations") && args.get("format") != "vqav2") {
+    // The other benchmarks score LLaVA's answer file exactly as `mole score-vqa` does.
+    std::vector<std::string> words = {"mole", "score-vqa", "--results", out + "/answers.jsonl", "--annotations",
+                                      args.get("annotations"), "--format", args.get("format"),
+                                      "--out", out + "/scores.json"};
+    if (args.get("format") == "scienceqa" || args.get("format") == "pope")  // they read the question file too
+      words.insert(words.end(), {"--questions", args.get("questions")});
+    std::vector<char*> argv_score;
+    for (auto& w : words) argv_score.push_back(w.data());
+    return cmd_score_vqa(int(argv_score.size()), argv_score.data());
+  }
   if (args.has("annotations")) {
     json scores = score_answers_vqav2(answers, args.get("annotations"), limit > 0);
     write_json_file(out + "/scores.json", scores);
