@@ -287,6 +287,8 @@ void DataLoader::worker_loop() {
 }
 
 std::optional<Batch> DataLoader::next() {
+  // A whole epoch of empty batches means every record is bad: with no epoch limit this would never end.
+  int64_t empty_in_a_row = 0;
   for (;;) {
     Slot slot;
     {
@@ -315,6 +317,9 @@ std::optional<Batch> DataLoader::next() {
     work_cv_.notify_all();
     if (slot.error) std::rethrow_exception(slot.error);
     if (slot.batch) return std::move(slot.batch);
+    if (++empty_in_a_row >= batches_per_epoch_)
+      throw DataError(dataset_->path + ": a whole epoch without one usable sample; skipped:\n" +
+                      skip_report().to_text());
   }
 }
 

@@ -126,7 +126,7 @@ class DataLoader {
   DataLoader& operator=(const DataLoader&) = delete;
 
   // The next non-empty batch, nullopt after the last epoch. Rethrows a worker's DataError (strict mode) or any
-  // unexpected error.
+  // unexpected error; a whole epoch without one usable sample is a DataError with the skip report.
   std::optional<Batch> next();
 
   // The position after the last batch next() returned: resuming from it continues with the batch after it.

@@ -368,3 +368,21 @@ TEST_CASE("mole check-data reports the corrupted dataset and exits 0, and 1 on a
   CHECK_THAT(out, Contains("not a LLaVA conversation file"));
   CHECK(mole::test::run_command(base + " --data " + f.dir + "/missing.json", &out) == 1);
 }
+
+TEST_CASE("a dataset whose every record is bad stops the loader with the skip report instead of spinning",
+          "[unit][data][loader]") {
+  const std::string dir = mole::test::scratch_dir("loader_all_bad");
+  std::string text = "[";
+  for (int i = 0; i < 5; ++i)
+    text += (i ? ",\n" : "") + record("r" + std::to_string(i), "gone.png", "<image>\\nWhat?", "A.");
+  write_bytes(dir + "/data.json", text + "]");
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(dir + "/data.json"));
+  LoaderOptions o;
+  o.batch_size = 2;
+  o.n_epochs = 0;  // no end: only the check stops it
+  o.n_image_tokens = 4;
+  o.image_dir = dir;
+  DataLoader loader(dataset, std::make_shared<const Tokenizer>(mole::test::tiny_tokenizer()),
+                    std::make_shared<const ImageProcessor>(small_images()), o);
+  CHECK_THROWS_WITH(loader.next(), Contains("without one usable sample") && Contains("5 x image file missing"));
+}
