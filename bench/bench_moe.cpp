@@ -60,7 +60,7 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
   TextConfig text;
   text.hidden_size = s.hidden;
   text.intermediate_size = s.ffn;
-  auto mole = MoleOptions().n_experts(s.experts).top_k(s.top_k).rank(s.rank).alpha(2.0 * s.rank);
+  auto mole = MoleOptions().n_experts(s.experts).routing(RoutingOptions().top_k(s.top_k)).rank(s.rank).alpha(2.0 * s.rank);
   auto lora_options = [&](int64_t in, int64_t out) { return LoraOptions(in, out).rank(s.rank).alpha(2.0 * s.rank); };
   auto x = torch::randn({s.tokens, s.hidden}) * 0.5;
 
@@ -95,22 +95,23 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
     }
   });
   bench("MoLE FFN-level", [&](LlamaMlp& mlp) {
-    auto a = std::make_shared<MoleFfnImpl>(s.hidden, s.ffn, Activation::kSilu, mole, "bench.mlp");
+    auto a = std::make_shared<MoleFfnImpl>(MoleFfnOptions(s.hidden, s.ffn, mole).layer_name("bench.mlp"));
     randomize(*a);
     mlp->attach(a);
   });
   bench("MoLE linear-level", [&](LlamaMlp& mlp) {
     for (auto* lin : {&mlp->gate_proj, &mlp->up_proj, &mlp->down_proj}) {
-      auto a = std::make_shared<MoleLinearImpl>((*lin)->options.in_features(), (*lin)->options.out_features(), mole,
-                                                "bench.linear");
+      auto a = std::make_shared<MoleLinearImpl>(
+          MoleLinearOptions((*lin)->options.in_features(), (*lin)->options.out_features(), mole)
+              .layer_name("bench.linear"));
       randomize(*a);
       (*lin)->attach(a);
     }
   });
   if (with_naive)
     bench("naive loop", [&](LlamaMlp& mlp) {
-      auto a = std::make_shared<MoleFfnImpl>(s.hidden, s.ffn, Activation::kSilu,
-                                             MoleOptions(mole).dispatch(Dispatch::kNaive), "bench.naive");
+      auto a = std::make_shared<MoleFfnImpl>(
+          MoleFfnOptions(s.hidden, s.ffn, MoleOptions(mole).dispatch(Dispatch::kNaive)).layer_name("bench.naive"));
       randomize(*a);
       mlp->attach(a);
     });

@@ -11,6 +11,8 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include "core/activation.h"
+
 namespace mole {
 
 // While one is alive on this thread, mole modules allocate their parameters without initialising them.
@@ -69,5 +71,21 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
   bool merged_ = false;
 };
 TORCH_MODULE(Linear);
+
+// The frozen projections of a gated FFN block, y = W_d (act(W_g x) * (W_u x)) (LLaMA's SwiGLU MLP), as an
+// FFN-level adapter sees them: it reuses them (base_forward, weight) and never owns them.
+struct GatedFfnBase {
+  LinearImpl& gate_proj;
+  LinearImpl& up_proj;
+  LinearImpl& down_proj;
+  Activation act;
+};
+
+// An adapter that replaces a whole gated FFN block's computation (FFN-level MoLE: one router per block).
+// Attached with the block's attach(), registered as its submodule "adapter". x (..., D) -> (..., D).
+class FfnAdapter : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x, const GatedFfnBase& base) = 0;
+};
 
 }  // namespace mole

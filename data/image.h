@@ -5,7 +5,7 @@
 // then transformers' CLIPImageProcessor on its PIL backend (models/clip/image_processing_pil_clip.py,
 // image_processing_backends.py PilBackend, image_transforms.py get_resize_output_image_size / resize /
 // center_crop / rescale / normalize): resize the shortest edge to `size` with PIL's bicubic, centre crop, scale
-// by 1/255, normalise with the CLIP mean and std. docs: FORMATS.md "Images".
+// by 1/255, normalise with the CLIP mean and std. docs: docs/FORMATS.md "Images".
 //
 // H=height W=width C=channels (3, RGB)
 #pragma once

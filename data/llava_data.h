@@ -5,7 +5,7 @@
 // ("image": [...]) is read too. A bad record never ends a run: it is skipped and counted by reason (with the
 // first few ids of each), unless strict mode turns it into an error. A whole file that is not LLaVA-shaped
 // is an error at start-up.
-// Reference: FORMATS.md; LLaVA llava/train/train.py (LazySupervisedDataset).
+// Reference: docs/FORMATS.md; LLaVA llava/train/train.py (LazySupervisedDataset).
 #pragma once
 
 #include <cstdint>

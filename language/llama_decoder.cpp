@@ -96,12 +96,12 @@ LlamaMlpImpl::LlamaMlpImpl(const TextConfig& config_) : config(config_) {
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
-  if (adapter) return adapter->forward(x, *this);
+  if (adapter) return adapter->forward(x, GatedFfnBase{*gate_proj, *up_proj, *down_proj, config.hidden_act});
   // down_proj(act_fn(gate_proj(x)) * up_proj(x))
   return down_proj(apply_activation(config.hidden_act, gate_proj(x)) * up_proj(x));
 }
 
-void LlamaMlpImpl::attach(std::shared_ptr<MlpAdapter> new_adapter) {
+void LlamaMlpImpl::attach(std::shared_ptr<FfnAdapter> new_adapter) {
   if (adapter) {
     replace_module("adapter", new_adapter);
   } else {

@@ -57,25 +57,16 @@ class LlamaAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaAttention);
 
-class LlamaMlpImpl;
-
-// An adapter that replaces the whole SwiGLU block's computation (FFN-level MoLE: one router per block).
-// Registered as the submodule "adapter" of the MLP; it reuses the block's frozen projections.
-class MlpAdapter : public torch::nn::Module {
- public:
-  virtual torch::Tensor forward(const torch::Tensor& x, LlamaMlpImpl& mlp) = 0;  // (B, T, D) -> (B, T, D)
-};
-
 class LlamaMlpImpl : public torch::nn::Module {
  public:
   explicit LlamaMlpImpl(const TextConfig& config);
   torch::Tensor forward(const torch::Tensor& x);  // (B, T, D) -> (B, T, D)
-  void attach(std::shared_ptr<MlpAdapter> adapter);
+  void attach(std::shared_ptr<FfnAdapter> adapter);  // e.g. FFN-level MoLE (moe/mole_ffn.h)
   void detach();
 
   TextConfig config;
   Linear gate_proj = nullptr, up_proj = nullptr, down_proj = nullptr;
-  std::shared_ptr<MlpAdapter> adapter;
+  std::shared_ptr<FfnAdapter> adapter;
 };
 TORCH_MODULE(LlamaMlp);
 

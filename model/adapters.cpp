@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -20,16 +21,17 @@ namespace mole {
 
 namespace {
 
-bool contains(const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
-bool contains(const std::vector<std::string>& v, const std::string& x) {
+template <class T>
+bool contains(const std::vector<T>& v, const T& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-std::string part_of(const std::string& module) {
-  if (module.rfind("language_model.", 0) == 0) return "language";
-  if (module.rfind("vision_tower.", 0) == 0) return "vision";
-  if (module.rfind("multi_modal_projector.", 0) == 0) return "projector";
-  return "";
+// The part a module belongs to; nullopt for modules outside the three (none in a LLaVA).
+std::optional<ModelPart> part_of(const std::string& module) {
+  if (module.rfind("language_model.", 0) == 0) return ModelPart::kLanguage;
+  if (module.rfind("vision_tower.", 0) == 0) return ModelPart::kVision;
+  if (module.rfind("multi_modal_projector.", 0) == 0) return ModelPart::kProjector;
+  return std::nullopt;
 }
 
 int64_t layer_of(const std::string& module) {  // -1 for modules outside the layer stacks (the projector)
@@ -42,94 +44,36 @@ std::string last_name(const std::string& module) { return module.substr(module.r
 
 }  // namespace
 
-MoleOptions AdapterConfig::mole_options() const {
-  return MoleOptions()
-      .n_experts(n_experts)
-      .top_k(top_k)
-      .rank(rank)
-      .alpha(alpha)
-      .dropout(dropout)
-      .rslora(rslora)
-      .shared_expert(shared_expert)
-      .gating(parse_gating(gating))
-      .renormalize(renormalize)
-      .jitter(jitter)
-      .mode(parse_routing_mode(routing_mode))
-      .expert_modality(expert_modality)
-      .dispatch(parse_dispatch(dispatch))
-      .losses(losses);
+template <>
+const EnumTable<AdapterKind>& enum_table<AdapterKind>() {
+  static const EnumTable<AdapterKind> table{"adapter kind",
+                                            {{AdapterKind::kLora, "lora"}, {AdapterKind::kMole, "mole"}}};
+  return table;
 }
 
-json AdapterConfig::to_json() const {
-  json j = {{"format", "mole"},
-            {"kind", kind},
-            {"targets", targets},
-            {"target_regex", target_regex},
-            {"parts", parts},
-            {"layers", layers},
-            {"rank", rank},
-            {"alpha", alpha},
-            {"dropout", dropout},
-            {"rslora", rslora},
-            {"base_model", base_model},
-            {"base_config_hash", base_config_hash}};
-  if (kind == "mole") {
-    j["granularity"] = granularity;
-    j["mole_layers"] = mole_layers;
-    j["lora_elsewhere"] = lora_elsewhere;
-    j["n_experts"] = n_experts;
-    j["top_k"] = top_k;
-    j["gating"] = gating;
-    j["renormalize"] = renormalize;
-    j["jitter"] = jitter;
-    j["routing_mode"] = routing_mode;
-    j["expert_modality"] = expert_modality;
-    j["shared_expert"] = shared_expert;
-    j["dispatch"] = dispatch;
-    j["losses"] = losses.to_json();
-  }
-  return j;
+template <>
+const EnumTable<Granularity>& enum_table<Granularity>() {
+  static const EnumTable<Granularity> table{"granularity",
+                                            {{Granularity::kFfn, "ffn"}, {Granularity::kLinear, "linear"}}};
+  return table;
 }
 
-AdapterConfig AdapterConfig::from_json(const json& j, const std::string& where) {
-  AdapterConfig c;
-  c.kind = field_or<std::string>(j, "kind", c.kind, where);
-  if (c.kind != "lora" && c.kind != "mole") throw ConfigError(where + ": kind must be 'lora' or 'mole', got '" + c.kind + "'");
-  c.granularity = field_or<std::string>(j, "granularity", c.granularity, where);
-  if (c.granularity != "ffn" && c.granularity != "linear")
-    throw ConfigError(where + ": granularity must be 'ffn' or 'linear', got '" + c.granularity + "'");
-  c.targets = field_or<std::vector<std::string>>(j, "targets", c.targets, where);
-  c.target_regex = field_or<std::string>(j, "target_regex", c.target_regex, where);
-  c.parts = field_or<std::vector<std::string>>(j, "parts", c.parts, where);
-  for (const auto& p : c.parts)
-    if (p != "language" && p != "vision" && p != "projector")
-      throw ConfigError(where + ": parts may hold language, vision, projector; got '" + p + "'");
-  c.layers = field_or<std::vector<int64_t>>(j, "layers", c.layers, where);
-  c.mole_layers = field_or<std::vector<int64_t>>(j, "mole_layers", c.mole_layers, where);
-  c.lora_elsewhere = field_or<bool>(j, "lora_elsewhere", c.lora_elsewhere, where);
-  c.rank = field_or<int64_t>(j, "rank", c.rank, where);
-  c.alpha = field_or<double>(j, "alpha", c.alpha, where);
-  c.dropout = field_or<double>(j, "dropout", c.dropout, where);
-  c.rslora = field_or<bool>(j, "rslora", c.rslora, where);
-  c.n_experts = field_or<int64_t>(j, "n_experts", c.n_experts, where);
-  c.top_k = field_or<int64_t>(j, "top_k", c.top_k, where);
-  c.gating = field_or<std::string>(j, "gating", c.gating, where);
-  c.renormalize = field_or<bool>(j, "renormalize", c.renormalize, where);
-  c.jitter = field_or<double>(j, "jitter", c.jitter, where);
-  c.routing_mode = field_or<std::string>(j, "routing_mode", c.routing_mode, where);
-  c.expert_modality = field_or<std::vector<int64_t>>(j, "expert_modality", c.expert_modality, where);
-  c.shared_expert = field_or<bool>(j, "shared_expert", c.shared_expert, where);
-  c.dispatch = field_or<std::string>(j, "dispatch", c.dispatch, where);
-  if (j.contains("losses") && !j["losses"].is_null()) c.losses = BalanceLossOptions::from_json(j["losses"], where + ".losses");
-  c.base_model = field_or<std::string>(j, "base_model", c.base_model, where);
-  c.base_config_hash = field_or<std::string>(j, "base_config_hash", c.base_config_hash, where);
-  if (c.rank < 1) throw ConfigError(where + ": rank must be >= 1");
-  try {  // names of enums are checked here, so a bad file fails on load and not mid-run
-    c.mole_options();
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError(where + ": " + e.what());
+template <>
+const EnumTable<ModelPart>& enum_table<ModelPart>() {
+  static const EnumTable<ModelPart> table{
+      "part",
+      {{ModelPart::kLanguage, "language"}, {ModelPart::kVision, "vision"}, {ModelPart::kProjector, "projector"}}};
+  return table;
+}
+
+void AdapterConfig::validate(const FieldPath& at) const {
+  if (format != "mole") at.fail("format", "is '" + format + "', expected 'mole' (a PEFT adapter has peft_type)");
+  mole.validate(at);
+  try {
+    std::regex check(target_regex);
+  } catch (const std::regex_error& e) {
+    at.fail("target_regex", "is not a valid regular expression: " + std::string(e.what()));
   }
-  return c;
 }
 
 std::string base_config_hash(const LlavaConfig& config) {
@@ -145,25 +89,26 @@ std::string base_config_hash(const LlavaConfig& config) {
 
 std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& config) {
   for (auto& p : model->parameters()) p.set_requires_grad(false);  // the base stays frozen
-  auto mole = config.mole_options();
+  const MoleOptions& mole = config.mole;
   auto weight = model->language_model->model->embed_tokens->weight;
   auto device = weight.device();
   std::regex target_re(config.target_regex.empty() ? std::string("^$") : config.target_regex);
 
   auto selected = [&](const std::string& name) {
     if (!config.target_regex.empty()) return std::regex_match(name, target_re);
-    std::string part = part_of(name);
+    std::optional<ModelPart> part = part_of(name);
     int64_t layer = layer_of(name);
-    return contains(config.targets, last_name(name)) && contains(config.parts, part) &&
+    return contains(config.targets, last_name(name)) && part && contains(config.parts, *part) &&
            (config.layers.empty() || layer < 0 || contains(config.layers, layer));
   };
   auto mole_here = [&](const std::string& name) {
-    return config.kind == "mole" && (config.mole_layers.empty() || contains(config.mole_layers, layer_of(name)));
+    return config.kind == AdapterKind::kMole &&
+           (config.mole_layers.empty() || contains(config.mole_layers, layer_of(name)));
   };
 
   // Collect first: attaching adds modules (the adapters' own Linears) that must not be adapted in turn.
   std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linears;
-  std::vector<std::pair<std::string, std::shared_ptr<LlamaMlpImpl>>> mlps;
+  std::vector<std::pair<std::string, std::shared_ptr<LlamaMlpImpl>>> mlps;  // SwiGLU blocks
   for (const auto& item : model->named_modules()) {
     if (item.key().find(".adapter") != std::string::npos) continue;
     if (auto lin = std::dynamic_pointer_cast<LinearImpl>(item.value())) linears.emplace_back(item.key(), lin);
@@ -172,13 +117,15 @@ std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& 
 
   std::vector<AttachedAdapter> attached;
   std::set<std::string> handled;
-  if (config.kind == "mole" && config.granularity == "ffn") {
+  if (config.kind == AdapterKind::kMole && config.granularity == Granularity::kFfn) {
     for (auto& [name, mlp] : mlps) {
       bool any = false;
       for (const char* proj : {".gate_proj", ".up_proj", ".down_proj"}) any = any || selected(name + proj);
       if (!any || !mole_here(name)) continue;
-      auto adapter = std::make_shared<MoleFfnImpl>(mlp->config.hidden_size, mlp->config.intermediate_size,
-                                                   mlp->config.hidden_act, mole, name);
+      auto adapter = std::make_shared<MoleFfnImpl>(MoleFfnOptions(mlp->config.hidden_size,
+                                                                  mlp->config.intermediate_size, mole)
+                                                       .act(mlp->config.hidden_act)
+                                                       .layer_name(name));
       adapter->to(device);
       mlp->attach(adapter);
       attached.push_back({name, "mole_ffn"});
@@ -188,14 +135,14 @@ std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& 
   for (auto& [name, linear] : linears) {
     if (handled.count(name) || !selected(name)) continue;
     int64_t in = linear->options.in_features(), out = linear->options.out_features();
-    if (config.kind == "mole" && config.granularity == "linear" && mole_here(name)) {
-      auto adapter = std::make_shared<MoleLinearImpl>(in, out, mole, name);
+    if (config.kind == AdapterKind::kMole && config.granularity == Granularity::kLinear && mole_here(name)) {
+      auto adapter = std::make_shared<MoleLinearImpl>(MoleLinearOptions(in, out, mole).layer_name(name));
       adapter->to(device);
       linear->attach(adapter);
       attached.push_back({name, "mole_linear"});
-    } else if (config.kind == "lora" || config.lora_elsewhere) {
+    } else if (config.kind == AdapterKind::kLora || config.lora_elsewhere) {
       auto adapter = std::make_shared<LoraImpl>(
-          LoraOptions(in, out).rank(config.rank).alpha(config.alpha).dropout(config.dropout).rslora(config.rslora));
+          LoraOptions(in, out).rank(mole.rank()).alpha(mole.alpha()).dropout(mole.dropout()).rslora(mole.rslora()));
       adapter->to(device);
       linear->attach(adapter);
       attached.push_back({name, "lora"});
@@ -204,7 +151,7 @@ std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& 
   std::sort(attached.begin(), attached.end(), [](const auto& a, const auto& b) { return a.module < b.module; });
   TORCH_CHECK(!attached.empty(), "adapters: no module matches the targets (", json(config.targets).dump(),
               config.target_regex.empty() ? "" : ", regex " + config.target_regex, ") in parts ",
-              json(config.parts).dump());
+              field_to_json(config.parts).dump());
   return attached;
 }
 
@@ -289,8 +236,8 @@ std::string regex_escape(const std::string& s) {
 }  // namespace
 
 void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig& config) {
-  TORCH_CHECK(config.kind == "lora", "save_peft_adapter: PEFT's LoRA layout holds plain LoRA only, not '",
-              config.kind, "'");
+  TORCH_CHECK(config.kind == AdapterKind::kLora, "save_peft_adapter: PEFT's LoRA layout holds plain LoRA only, not '",
+              enum_name(config.kind), "'");
   std::filesystem::create_directories(dir);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   std::vector<std::string> modules;
@@ -307,10 +254,10 @@ void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig
   for (const auto& m : modules) targets.push_back(peft_module_path(m));
   json j = {{"peft_type", "LORA"},
             {"task_type", nullptr},
-            {"r", config.rank},
-            {"lora_alpha", config.alpha},
-            {"lora_dropout", config.dropout},
-            {"use_rslora", config.rslora},
+            {"r", config.mole.rank()},
+            {"lora_alpha", config.mole.alpha()},
+            {"lora_dropout", config.mole.dropout()},
+            {"use_rslora", config.mole.rslora()},
             {"target_modules", targets},
             {"bias", "none"},
             {"fan_in_fan_out", false},
@@ -337,11 +284,11 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
     throw ConfigError(config_path + ": modules_to_save is not supported");
 
   AdapterConfig config;
-  config.kind = "lora";
-  config.rank = field<int64_t>(j, "r", config_path);
-  config.alpha = field_or<double>(j, "lora_alpha", 8.0, config_path);  // PEFT's default
-  config.dropout = field_or<double>(j, "lora_dropout", 0.0, config_path);
-  config.rslora = field_or<bool>(j, "use_rslora", false, config_path);
+  config.kind = AdapterKind::kLora;
+  config.mole.rank(field<int64_t>(j, "r", config_path))
+      .alpha(field_or<double>(j, "lora_alpha", 8.0, config_path))  // PEFT's default
+      .dropout(field_or<double>(j, "lora_dropout", 0.0, config_path))
+      .rslora(field_or<bool>(j, "use_rslora", false, config_path));
   config.base_model = field_or<std::string>(j, "base_model_name_or_path", "", config_path);
 
   // Attach exactly where the file has weights: base_model.model.<path>.lora_{A,B}[.default].weight
@@ -367,7 +314,7 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
   std::string alternatives;
   for (const auto& m : modules) alternatives += (alternatives.empty() ? "" : "|") + regex_escape(m);
   config.target_regex = "^(" + alternatives + ")$";
-  config.parts = {"language", "vision", "projector"};
+  config.parts = {ModelPart::kLanguage, ModelPart::kVision, ModelPart::kProjector};
   attach_adapters(model, config);
 
   std::vector<WeightEntry> table;

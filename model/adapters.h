@@ -15,40 +15,62 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/fields.h"
 #include "model/llava.h"
 #include "moe/mole_options.h"
 
 namespace mole {
 
-struct AdapterConfig {
-  std::string kind = "mole";          // lora | mole
-  std::string granularity = "ffn";    // mole only: ffn | linear
-  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  std::string target_regex;           // when set: Linear modules whose full name matches (replaces targets/parts)
-  std::vector<std::string> parts = {"language"};  // language | vision | projector
-  std::vector<int64_t> layers;        // layer indices that get adapters (empty: all)
-  std::vector<int64_t> mole_layers;   // of those, the layers that get MoLE (empty: all); the rest get LoRA
-  bool lora_elsewhere = true;         // plain LoRA on selected targets outside mole_layers (else nothing)
-  int64_t rank = 16;
-  double alpha = 32.0;
-  double dropout = 0.05;
-  bool rslora = false;
-  int64_t n_experts = 8;
-  int64_t top_k = 2;
-  std::string gating = "topk_softmax";
-  bool renormalize = false;
-  double jitter = 0.0;
-  std::string routing_mode = "learned";
-  std::vector<int64_t> expert_modality;  // modality_grouped: per expert, -1 = shared
-  bool shared_expert = false;
-  std::string dispatch = "auto";
-  BalanceLossOptions losses;
-  std::string base_model;        // path or name of the base checkpoint
-  std::string base_config_hash;  // of the base config (base_config_hash())
+enum class AdapterKind { kLora, kMole };
+enum class Granularity { kFfn, kLinear };           // MoLE: a router per SwiGLU block, or per adapted Linear
+enum class ModelPart { kLanguage, kVision, kProjector };
+template <>
+const EnumTable<AdapterKind>& enum_table<AdapterKind>();
+template <>
+const EnumTable<Granularity>& enum_table<Granularity>();
+template <>
+const EnumTable<ModelPart>& enum_table<ModelPart>();
 
-  MoleOptions mole_options() const;
-  nlohmann::json to_json() const;
-  static AdapterConfig from_json(const nlohmann::json& j, const std::string& where);
+// adapter_config.json: where adapters go, and the MoLE options (embedded, one flat JSON object).
+struct AdapterConfig {
+  AdapterConfig() { mole.dropout(0.05); }  // LLaVA's LoRA recipe (lora_dropout 0.05)
+
+  std::string format = "mole";
+  AdapterKind kind = AdapterKind::kMole;
+  Granularity granularity = Granularity::kFfn;
+  std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  std::string target_regex;                       // when set: Linears whose full name matches (replaces the rest)
+  std::vector<ModelPart> parts = {ModelPart::kLanguage};
+  std::vector<int64_t> layers;                    // layer indices that get adapters (empty: all)
+  std::vector<int64_t> mole_layers;               // of those, the layers that get MoLE (empty: all)
+  bool lora_elsewhere = true;                     // plain LoRA on selected targets outside mole_layers
+  MoleOptions mole;                               // rank, alpha, dropout, rslora (plain LoRA's too), experts, ...
+  std::string base_model;                         // path or name of the base checkpoint
+  std::string base_config_hash;                   // of the base config (base_config_hash())
+
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("format", self.format, "file marker: mole");
+    v("kind", self.kind, "plain LoRA, or MoLE (routed LoRA experts)");
+    v("granularity", self.granularity, "MoLE: one router per SwiGLU block (ffn) or per adapted Linear (linear)");
+    v("targets", self.targets, "Linear names to adapt (the module's last name)");
+    v("target_regex", self.target_regex, "when set: adapt the Linears whose full name matches (replaces "
+                                         "targets, parts and layers)");
+    v("parts", self.parts, "parts of the model that get adapters");
+    v("layers", self.layers, "layer indices that get adapters (empty: all)");
+    v("mole_layers", self.mole_layers, "of those, the layers that get MoLE (empty: all); the rest get LoRA");
+    v("lora_elsewhere", self.lora_elsewhere, "plain LoRA on selected targets outside mole_layers (else none)");
+    MoleOptions::fields(self.mole, v);
+    v("base_model", self.base_model, "path or name of the base checkpoint (filled in by mole)");
+    v("base_config_hash", self.base_config_hash, "hash of the base's config.json (filled in by mole)");
+  }
+  void validate(const FieldPath& at) const;  // the MoLE options' rules, target_regex compiles
+
+  nlohmann::json to_json() const { return write_fields(*this); }
+  // Unknown keys, wrong types and bad values are ConfigErrors naming `file` and the key.
+  static AdapterConfig from_json(const nlohmann::json& j, const std::string& file) {
+    return read_fields<AdapterConfig>(j, file);
+  }
 };
 
 // FNV-1a 64-bit of the canonical dump of the base model's config, hex: detects an adapter put on another base.
@@ -56,7 +78,7 @@ std::string base_config_hash(const LlavaConfig& config);
 
 struct AttachedAdapter {
   std::string module;  // full module name, e.g. language_model.model.layers.3.mlp or ...self_attn.q_proj
-  std::string kind;    // lora | mole_linear | mole_ffn
+  std::string kind;    // what was attached there: lora | mole_linear | mole_ffn
 };
 
 // Attaches adapters as the config says; freezes every base parameter and leaves the adapters trainable.

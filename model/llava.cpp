@@ -8,6 +8,19 @@
 
 namespace mole {
 
+namespace {
+
+// A routing context over these tokens (flattened); mask undefined = all valid.
+RoutingContext routing_context_for(const torch::Tensor& modality, const torch::Tensor& mask) {
+  RoutingContext context;
+  context.modality = modality.reshape({-1});
+  context.valid =
+      mask.defined() ? mask.reshape({-1}).to(torch::kBool) : torch::ones_like(context.modality, torch::kBool);
+  return context;
+}
+
+}  // namespace
+
 LlavaConfig LlavaConfig::from_json(const json& j, const std::string& where) {
   std::string model_type = field_or<std::string>(j, "model_type", "", where);
   if (model_type != "llava")
@@ -80,7 +93,8 @@ torch::Tensor LlavaImpl::image_features(const torch::Tensor& pixel_values, Llava
   int64_t n_run = trace ? config.vision.n_layers : *std::max_element(indices.begin(), indices.end());
   // Every token of the vision tower and the projector is an image token.
   RoutingContext context = routing_context_for(torch::full({pixel_values.size(0) * (config.vision.n_patches() + 1)},
-                                                           kModalityImage, torch::TensorOptions().dtype(torch::kInt64)));
+                                                           kModalityImage, torch::TensorOptions().dtype(torch::kInt64)),
+                                               {});
   RoutingScope scope(&context);
   auto states = vision_tower->hidden_states(pixel_values, n_run);
 
@@ -146,29 +160,19 @@ torch::Tensor LlavaImpl::generate(const torch::Tensor& input_ids, const torch::T
   // Prompt tokens keep their modality; generated tokens are text, counted apart (phase kGenerate).
   RoutingContext context = routing_context_for(token_modality(input_ids), mask);
   RoutingScope scope(&context);
-  GenerateOptions with_labels = options;
+  GenerateOptions with_modality = options;  // each step's tokens labelled before its forward
   auto prompt_modality = context.modality;
-  with_labels.before_forward = [&](const torch::Tensor& new_mask, bool prefill) {
+  with_modality.before_forward = [&](const torch::Tensor& new_mask, bool prefill) {
     context.phase = prefill ? RoutePhase::kPrefill : RoutePhase::kGenerate;
     context.modality = prefill ? prompt_modality : torch::full({new_mask.numel()}, kModalityText, prompt_modality.options());
     context.valid = new_mask.reshape({-1}).to(torch::kBool);
     if (options.before_forward) options.before_forward(new_mask, prefill);
   };
-  return generate_greedy(language_model, embeds, mask, with_labels);
+  return generate_greedy(language_model, embeds, mask, with_modality);
 }
 
 torch::Tensor LlavaImpl::token_modality(const torch::Tensor& input_ids) const {
   return (input_ids == config.image_token_index).to(torch::kInt64) * kModalityImage;  // text 0, image 1
-}
-
-RoutingContext LlavaImpl::routing_context_for(const torch::Tensor& modality, const torch::Tensor& mask) const {
-  RoutingContext context;
-  context.modality = modality.reshape({-1});
-  context.valid = mask.defined() ? mask.reshape({-1}).to(torch::kBool) : torch::ones_like(context.modality, torch::kBool);
-  context.stats = routing_stats;
-  context.losses = routing_losses;
-  context.top1 = routing_top1;
-  return context;
 }
 
 }  // namespace mole

@@ -68,15 +68,10 @@ class LlavaImpl : public torch::nn::Module {
   torch::Tensor generate(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                          const torch::Tensor& pixel_values, const GenerateOptions& options);
 
-  // Where MoLE layers send routing statistics and balance losses during forward/generate (null: nowhere).
-  RoutingStats* routing_stats = nullptr;
-  std::vector<std::pair<std::string, BalanceLosses>>* routing_losses = nullptr;
-  std::map<std::string, torch::Tensor>* routing_top1 = nullptr;  // RoutingContext::top1
-
   // Modality of each token id: image for image_token_index, else text. (B, T) -> (B, T) int64
+  // forward and generate open a RoutingScope with it (moe/routing_context.h); a caller that wants the routing
+  // decisions (statistics, balance losses) opens a RoutingSinkScope around them.
   torch::Tensor token_modality(const torch::Tensor& input_ids) const;
-  // A routing context over these tokens (flattened), with this model's sinks; mask undefined = all valid.
-  RoutingContext routing_context_for(const torch::Tensor& modality, const torch::Tensor& mask = {}) const;
 
   LlavaConfig config;
   ClipVisionModel vision_tower = nullptr;

@@ -10,35 +10,11 @@
 // N=tokens E=experts K=top-k G=groups of tokens
 namespace mole {
 
-json BalanceLossOptions::to_json() const {
-  return {{"switch_aux", switch_aux}, {"importance", importance},           {"load", load},
-          {"z_loss", z_loss},         {"sq_dev", sq_dev},                   {"switch_use_topk", switch_use_topk},
-          {"per_modality", per_modality}};
-}
-
-BalanceLossOptions BalanceLossOptions::from_json(const json& j, const std::string& where) {
-  if (!j.is_object()) throw ConfigError(where + ": balance losses must be an object");
-  BalanceLossOptions o;
-  for (const auto& [key, value] : j.items()) {
-    (void)value;
-    if (key != "switch_aux" && key != "importance" && key != "load" && key != "z_loss" && key != "sq_dev" &&
-        key != "switch_use_topk" && key != "per_modality")
-      throw ConfigError(where + ": unknown field '" + key +
-                        "' (switch_aux, importance, load, z_loss, sq_dev, switch_use_topk, per_modality)");
-  }
-  auto coefficient = [&](const char* key, double fallback) {
-    double c = field_or<double>(j, key, fallback, where);
-    if (!(c >= 0.0)) throw ConfigError(where + ": field '" + key + "' must be a coefficient >= 0");
-    return c;
-  };
-  o.switch_aux = coefficient("switch_aux", o.switch_aux);
-  o.importance = coefficient("importance", o.importance);
-  o.load = coefficient("load", o.load);
-  o.z_loss = coefficient("z_loss", o.z_loss);
-  o.sq_dev = coefficient("sq_dev", o.sq_dev);
-  o.switch_use_topk = field_or<bool>(j, "switch_use_topk", o.switch_use_topk, where);
-  o.per_modality = field_or<bool>(j, "per_modality", o.per_modality, where);
-  return o;
+void BalanceLossOptions::validate(const FieldPath& at) const {
+  const std::pair<const char*, double> coefficients[] = {
+      {"switch_aux", switch_aux}, {"importance", importance}, {"load", load}, {"z_loss", z_loss}, {"sq_dev", sq_dev}};
+  for (const auto& [key, c] : coefficients)
+    if (!(c >= 0.0)) at.fail(key, "must be a coefficient >= 0, got " + std::to_string(c));
 }
 
 bool BalanceLossOptions::any() const {

@@ -1,4 +1,4 @@
-// Balance and stability losses of a router (MOE.md "Balance and stability losses"), each with its own
+// Balance and stability losses of a router (docs/MOE.md "Balance and stability losses"), each with its own
 // coefficient, summed over layers by the trainer and logged apart.
 // Sources: Switch Transformers (switch_aux, eq. 4), Shazeer et al. 2017 (importance and load as CV^2, written
 // as the cv_squared of the PyTorch ports of the sparsely-gated MoE), ST-MoE (z_loss), and the plain
@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include "core/fields.h"
 #include "moe/routing.h"
 
 namespace mole {
@@ -29,10 +30,18 @@ struct BalanceLossOptions {  // coefficients; 0 = off
   bool per_modality = false;     // each loss over each modality's tokens and that modality's allowed experts,
                                  // averaged over the modalities present
 
-  // Keys are the field names. from_json takes this struct's own object: every key is optional, an unknown key
-  // (a misspelt coefficient would silently be off) or a negative coefficient is a ConfigError naming `where`.
-  nlohmann::json to_json() const;
-  static BalanceLossOptions from_json(const nlohmann::json& j, const std::string& where);
+  // The one field list (core/fields.h): JSON keys are the field names; a misspelt coefficient is an error.
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("switch_aux", self.switch_aux, "Switch Transformers load-balancing loss: n * sum_i f_i P_i");
+    v("importance", self.importance, "CV^2 of the summed gate weights per expert (Shazeer et al. 2017)");
+    v("load", self.load, "CV^2 of the tokens per expert (a count: no gradient)");
+    v("z_loss", self.z_loss, "ST-MoE router z-loss: mean (logsumexp z)^2");
+    v("sq_dev", self.sq_dev, "sum_i (1/n - mean gate_i)^2");
+    v("switch_use_topk", self.switch_use_topk, "switch_aux counts every top-k slot, not only the top-1");
+    v("per_modality", self.per_modality, "each loss per modality over its allowed experts, then averaged");
+  }
+  void validate(const FieldPath& at) const;  // coefficients >= 0
   bool any() const;  // some coefficient is nonzero
 };
 

@@ -5,28 +5,30 @@
 
 #include <torch/torch.h>
 
+// N=tokens D=hidden F=FFN width E=experts R=rank K=top-k A=assignments (N*K, grouped by expert)
 namespace mole {
 
-MoleFfnImpl::MoleFfnImpl(int64_t hidden_, int64_t ffn_, Activation act_, const MoleOptions& options_,
-                         std::string name)
-    : hidden(hidden_), ffn(ffn_), act(act_), options(options_), layer_name(std::move(name)) {
-  int64_t e = options.n_experts(), r = options.rank();
+MoleFfnImpl::MoleFfnImpl(const MoleFfnOptions& options_) : options(options_) { reset(); }
+
+void MoleFfnImpl::reset() {
+  const MoleOptions& mole = options.mole();
+  int64_t e = mole.n_experts(), r = mole.rank(), d = options.hidden(), f = options.ffn();
   TORCH_CHECK(e >= 1 && r >= 1, "MoLE FFN: n_experts and rank must be >= 1");
-  router = register_module("router", Router(options.router(hidden)));
-  gate_A = register_parameter("gate_A", torch::empty({e, r, hidden}));
-  gate_B = register_parameter("gate_B", torch::empty({e, ffn, r}));
-  up_A = register_parameter("up_A", torch::empty({e, r, hidden}));
-  up_B = register_parameter("up_B", torch::empty({e, ffn, r}));
-  down_A = register_parameter("down_A", torch::empty({e, r, ffn}));
-  down_B = register_parameter("down_B", torch::empty({e, hidden, r}));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
-  if (options.shared_expert()) {
+  router = register_module("router", Router(mole.router(d)));
+  gate_A = register_parameter("gate_A", torch::empty({e, r, d}));
+  gate_B = register_parameter("gate_B", torch::empty({e, f, r}));
+  up_A = register_parameter("up_A", torch::empty({e, r, d}));
+  up_B = register_parameter("up_B", torch::empty({e, f, r}));
+  down_A = register_parameter("down_A", torch::empty({e, r, f}));
+  down_B = register_parameter("down_B", torch::empty({e, d, r}));
+  dropout = register_module("dropout", torch::nn::Dropout(mole.dropout()));
+  if (mole.shared_expert()) {
     auto lora = [&](int64_t in, int64_t out) {
-      return Lora(LoraOptions(in, out).rank(r).alpha(options.alpha()).dropout(options.dropout()).rslora(options.rslora()));
+      return Lora(LoraOptions(in, out).rank(r).alpha(mole.alpha()).dropout(mole.dropout()).rslora(mole.rslora()));
     };
-    shared_gate = register_module("shared_gate", lora(hidden, ffn));
-    shared_up = register_module("shared_up", lora(hidden, ffn));
-    shared_down = register_module("shared_down", lora(ffn, hidden));
+    shared_gate = register_module("shared_gate", lora(d, f));
+    shared_up = register_module("shared_up", lora(d, f));
+    shared_down = register_module("shared_down", lora(f, d));
   }
   if (!NoInitGuard::active()) reset_parameters();
 }
@@ -34,8 +36,9 @@ MoleFfnImpl::MoleFfnImpl(int64_t hidden_, int64_t ffn_, Activation act_, const M
 void MoleFfnImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   for (auto* a : {&gate_A, &up_A, &down_A})
-    for (int64_t i = 0; i < options.n_experts(); ++i) torch::nn::init::kaiming_uniform_((*a)[i], std::sqrt(5.0));
-  for (auto* b : {&gate_B, &up_B, &down_B}) b->zero_();
+    for (int64_t i = 0; i < options.mole().n_experts(); ++i)
+      torch::nn::init::kaiming_uniform_((*a)[i], std::sqrt(5.0));
+  for (auto* b : {&gate_B, &up_B, &down_B}) b->zero_();  // every expert starts as the frozen FFN
 }
 
 namespace {
@@ -45,25 +48,27 @@ torch::Tensor low_rank(const torch::Tensor& x, const torch::Tensor& a, const tor
 }
 }  // namespace
 
-torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, LlamaMlpImpl& mlp, const Routing& routing,
+torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, const GatedFfnBase& base, const Routing& routing,
                                    Dispatch dispatch) {
-  int64_t n = x.size(0), e = options.n_experts(), r = options.rank();
+  const int64_t n = x.size(0), e = options.mole().n_experts(), r = options.mole().rank();
+  const int64_t hidden = options.hidden(), ffn = options.ffn();
+  const Activation act = base.act;
   auto dtype = gate_A.scalar_type();
   double s = scale();
-  auto xd = dropout(x).to(dtype);  // (N, D) adapter input
-  auto gates = routing.gates.to(dtype);
-  auto down_weight = mlp.down_proj->weight;
-  auto down_bias = mlp.down_proj->bias;
+  auto x_adapter = dropout(x).to(dtype);  // (N, D) what the LoRA deltas see
+  auto gates = routing.gates.to(dtype);   // (N, E)
+  const auto& down_weight = base.down_proj.weight;
+  const auto& down_bias = base.down_proj.bias;
 
   if (dispatch == Dispatch::kNaive) {
     // Reference: every expert is a whole FFN run on every token, nothing shared, weighted by its gate.
-    auto y = torch::zeros({n, hidden}, xd.options());
+    auto y = torch::zeros({n, hidden}, x_adapter.options());
     for (int64_t i = 0; i < e; ++i) {
-      auto g = mlp.gate_proj->base_forward(x).to(dtype) + low_rank(xd, gate_A[i], gate_B[i], s);
-      auto u = mlp.up_proj->base_forward(x).to(dtype) + low_rank(xd, up_A[i], up_B[i], s);
+      auto g = base.gate_proj.base_forward(x).to(dtype) + low_rank(x_adapter, gate_A[i], gate_B[i], s);
+      auto u = base.up_proj.base_forward(x).to(dtype) + low_rank(x_adapter, up_A[i], up_B[i], s);
       if (shared_gate) g = g + shared_gate->delta(x).to(dtype), u = u + shared_up->delta(x).to(dtype);
       auto h = apply_activation(act, g) * u;  // (N, F)
-      auto out = mlp.down_proj->base_forward(h.to(x.scalar_type())).to(dtype) + low_rank(h, down_A[i], down_B[i], s);
+      auto out = base.down_proj.base_forward(h.to(x.scalar_type())).to(dtype) + low_rank(h, down_A[i], down_B[i], s);
       if (shared_down) out = out + shared_down->delta(h).to(dtype);
       y = y + gates.select(1, i).unsqueeze(1) * out;
     }
@@ -71,31 +76,35 @@ torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, LlamaMlpImpl& mlp, co
   }
 
   // g = W_g x, u = W_u x once for every expert (MixLoRA's saving), with the shared expert folded in.
-  auto g = mlp.gate_proj->base_forward(x).to(dtype);  // (N, F)
-  auto u = mlp.up_proj->base_forward(x).to(dtype);    // (N, F)
+  auto g = base.gate_proj.base_forward(x).to(dtype);  // (N, F)
+  auto u = base.up_proj.base_forward(x).to(dtype);    // (N, F)
   if (shared_gate) g = g + shared_gate->delta(x).to(dtype), u = u + shared_up->delta(x).to(dtype);
 
   torch::Tensor mixed, down_delta;  // sum_i G_i h_i (N, F); sum_i G_i dD_i h_i (N, D)
   if (dispatch == Dispatch::kSparse) {
     auto groups = group_by_expert(routing);
-    auto xs = xd.index_select(0, groups.token), gs = g.index_select(0, groups.token),
-         us = u.index_select(0, groups.token);  // (N*K, .) grouped by expert
-    std::vector<torch::Tensor> hs, ds;
+    auto x_sorted = x_adapter.index_select(0, groups.token);  // (A, D) grouped by expert
+    auto g_sorted = g.index_select(0, groups.token);          // (A, F)
+    auto u_sorted = u.index_select(0, groups.token);          // (A, F)
+    std::vector<torch::Tensor> h_parts, down_parts;           // per non-empty expert: h_i, dD_i h_i
     for (int64_t i = 0; i < e; ++i) {
       int64_t begin = groups.offsets[i], count = groups.offsets[i + 1] - begin;
       if (count == 0) continue;
-      auto xe = xs.narrow(0, begin, count);
-      auto he = apply_activation(act, gs.narrow(0, begin, count) + low_rank(xe, gate_A[i], gate_B[i], s)) *
-                (us.narrow(0, begin, count) + low_rank(xe, up_A[i], up_B[i], s));  // h_i (count, F)
-      hs.push_back(he);
-      ds.push_back(low_rank(he, down_A[i], down_B[i], s));  // dD_i h_i (count, D)
+      auto xe = x_sorted.narrow(0, begin, count);
+      auto he = apply_activation(act, g_sorted.narrow(0, begin, count) + low_rank(xe, gate_A[i], gate_B[i], s)) *
+                (u_sorted.narrow(0, begin, count) + low_rank(xe, up_A[i], up_B[i], s));  // h_i (count, F)
+      h_parts.push_back(he);
+      down_parts.push_back(low_rank(he, down_A[i], down_B[i], s));  // dD_i h_i (count, D)
     }
-    auto w = groups.weight.to(dtype).unsqueeze(1);
-    mixed = torch::zeros({n, ffn}, xd.options()).index_add(0, groups.token, torch::cat(hs, 0) * w);
-    down_delta = torch::zeros({n, hidden}, xd.options()).index_add(0, groups.token, torch::cat(ds, 0) * w);
+    auto w = groups.weight.to(dtype).unsqueeze(1);  // (A, 1)
+    mixed = torch::zeros({n, ffn}, x_adapter.options()).index_add(0, groups.token, torch::cat(h_parts, 0) * w);
+    down_delta =
+        torch::zeros({n, hidden}, x_adapter.options()).index_add(0, groups.token, torch::cat(down_parts, 0) * w);
   } else {  // dense: all experts on all tokens in batched GEMMs, gated by zeros outside the top-k
-    auto dg = torch::einsum("ner,efr->nef", {torch::matmul(xd, gate_A.reshape({e * r, hidden}).t()).view({n, e, r}), gate_B});
-    auto du = torch::einsum("ner,efr->nef", {torch::matmul(xd, up_A.reshape({e * r, hidden}).t()).view({n, e, r}), up_B});
+    auto dg = torch::einsum(
+        "ner,efr->nef", {torch::matmul(x_adapter, gate_A.reshape({e * r, hidden}).t()).view({n, e, r}), gate_B});
+    auto du = torch::einsum(
+        "ner,efr->nef", {torch::matmul(x_adapter, up_A.reshape({e * r, hidden}).t()).view({n, e, r}), up_B});
     auto h = apply_activation(act, g.unsqueeze(1) + dg * s) * (u.unsqueeze(1) + du * s);  // (N, E, F)
     mixed = (gates.unsqueeze(-1) * h).sum(1);                                              // (N, F)
     auto hd = torch::einsum("nef,erf->ner", {h, down_A}) * gates.unsqueeze(-1);            // (N, E, R)
@@ -108,14 +117,15 @@ torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, LlamaMlpImpl& mlp, co
   return y;
 }
 
-torch::Tensor MoleFfnImpl::forward(const torch::Tensor& x, LlamaMlpImpl& mlp) {
-  TORCH_CHECK(x.size(-1) == hidden, "MoLE FFN ", layer_name, ": expected inputs of size ", hidden, ", got ", x.sizes());
-  auto xf = x.reshape({-1, hidden});  // (N, D)
-  Routing routing = route_and_record(*router, xf, layer_name, options.losses());
+torch::Tensor MoleFfnImpl::forward(const torch::Tensor& x, const GatedFfnBase& base) {
+  TORCH_CHECK(x.size(-1) == options.hidden(), "MoLE FFN ", options.layer_name(), ": expected inputs of size ",
+              options.hidden(), ", got ", x.sizes());
+  auto flat = x.reshape({-1, options.hidden()});  // (N, D)
+  const MoleOptions& mole = options.mole();
+  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
   // dense materialises (N, E, F): only for narrow FFNs (the demo's); the sorted sparse path otherwise.
-  Dispatch dispatch = options.dispatch();
-  if (dispatch == Dispatch::kAuto) dispatch = options.n_experts() * ffn <= 4096 ? Dispatch::kDense : Dispatch::kSparse;
-  return mixture(xf, mlp, routing, dispatch).to(x.scalar_type()).view(x.sizes());
+  Dispatch dispatch = resolve_dispatch(mole.dispatch(), mole.n_experts(), options.ffn());
+  return mixture(flat, base, routing, dispatch).to(x.scalar_type()).view(x.sizes());
 }
 
 }  // namespace mole

@@ -8,48 +8,40 @@
 
 namespace mole {
 
-Dispatch parse_dispatch(const std::string& name) {
-  if (name == "auto") return Dispatch::kAuto;
-  if (name == "dense") return Dispatch::kDense;
-  if (name == "sparse") return Dispatch::kSparse;
-  if (name == "naive") return Dispatch::kNaive;
-  throw std::invalid_argument("unknown dispatch '" + name + "' (auto, dense, sparse, naive)");
+template <>
+const EnumTable<Dispatch>& enum_table<Dispatch>() {
+  static const EnumTable<Dispatch> table{"dispatch", {{Dispatch::kAuto, "auto"},
+                                                      {Dispatch::kDense, "dense"},
+                                                      {Dispatch::kSparse, "sparse"},
+                                                      {Dispatch::kNaive, "naive"}}};
+  return table;
 }
 
-std::string dispatch_name(Dispatch dispatch) {
-  switch (dispatch) {
-    case Dispatch::kAuto: return "auto";
-    case Dispatch::kDense: return "dense";
-    case Dispatch::kSparse: return "sparse";
-    case Dispatch::kNaive: return "naive";
-  }
-  return "?";
+Dispatch resolve_dispatch(Dispatch requested, int64_t n_experts, int64_t expert_width) {
+  if (requested != Dispatch::kAuto) return requested;
+  return n_experts * expert_width <= kDenseMaxColumns ? Dispatch::kDense : Dispatch::kSparse;
 }
 
-RouterOptions MoleOptions::router(int64_t in_features) const {
-  return RouterOptions(in_features, n_experts())
-      .top_k(top_k())
-      .gating(gating())
-      .renormalize(renormalize())
-      .jitter(jitter())
-      .mode(mode())
-      .expert_modality(expert_modality())
-      .n_modalities(n_modalities());
-}
-
-Dispatch MoleOptions::resolved_dispatch() const {
-  if (dispatch() != Dispatch::kAuto) return dispatch();
-  return n_experts() * rank() <= dense_max_columns() ? Dispatch::kDense : Dispatch::kSparse;
+void MoleOptions::validate(const FieldPath& at) const {
+  if (n_experts() < 1) at.fail("n_experts", "must be >= 1, got " + std::to_string(n_experts()));
+  if (rank() < 1) at.fail("rank", "must be >= 1, got " + std::to_string(rank()));
+  if (routing().top_k() < 1 || routing().top_k() > n_experts())
+    at.fail("top_k", "must be in 1..n_experts (" + std::to_string(n_experts()) + "), got " +
+                         std::to_string(routing().top_k()));
+  if (!(dropout() >= 0.0 && dropout() < 1.0)) at.fail("dropout", "must be in [0, 1), got " + std::to_string(dropout()));
+  if (!(routing().jitter() >= 0.0 && routing().jitter() < 1.0))
+    at.fail("jitter", "must be in [0, 1), got " + std::to_string(routing().jitter()));
 }
 
 Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::string& layer_name,
                          const BalanceLossOptions& losses) {
   auto [modality, valid] = current_modality(x.size(0), x.device());
   Routing routing = router.forward(x, modality);
-  if (auto* ctx = RoutingScope::current()) {
-    if (ctx->stats) ctx->stats->record(layer_name, routing, modality, valid, ctx->phase);
-    if (ctx->losses && losses.any()) ctx->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses));
-    if (ctx->top1) (*ctx->top1)[layer_name] = routing.topk_index.select(1, 0).detach().cpu();
+  if (const RoutingSinks* sinks = RoutingSinkScope::current()) {
+    if (sinks->stats) sinks->stats->record(layer_name, routing, modality, valid, current_phase());
+    if (sinks->losses && losses.any())
+      sinks->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses));
+    if (sinks->top1) (*sinks->top1)[layer_name] = routing.topk_index.select(1, 0).detach().cpu();
   }
   return routing;
 }

@@ -1,5 +1,6 @@
-// Options shared by both MoLE granularities (MOE.md): experts, top-k, LoRA rank/alpha/dropout, the gating rule,
-// the modality-aware routing mode, an optional always-on shared expert, the dispatch path and balance losses.
+// Options shared by both MoLE granularities (docs/MOE.md): experts, top-k, LoRA rank/alpha/dropout, the gating
+// rule, the modality-aware routing mode, an optional always-on shared expert, the dispatch path and balance
+// losses; how a layer hands its routing decisions to the caller's sinks; tokens grouped by expert.
 #pragma once
 
 #include <cstdint>
@@ -7,48 +8,62 @@
 #include <utility>
 #include <vector>
 
+#include "core/fields.h"
 #include "moe/balance.h"
 #include "moe/router.h"
 
 namespace mole {
 
 // How a MoLE layer computes its experts; all give the same result (tested).
-//   dense:  every expert's A in one GEMM, gate (zeros outside the top-k), stacked B in one GEMM. Cheapest when
-//           n_experts * rank is small.
+//   dense:  every expert on every token in batched GEMMs, gated by zeros outside the top-k. It materialises
+//           E * C values per token (C = the expert's widest intermediate: the rank R for a Linear-level layer,
+//           the FFN width F for an FFN-level one), so it pays only while E * C is small.
 //   sparse: tokens sorted by expert, one small GEMM pair per expert over its tokens only.
 //   naive:  a plain per-expert loop over all tokens (the reference; slow).
 enum class Dispatch { kAuto, kDense, kSparse, kNaive };
-Dispatch parse_dispatch(const std::string& name);  // auto | dense | sparse | naive
-std::string dispatch_name(Dispatch dispatch);
+template <>
+const EnumTable<Dispatch>& enum_table<Dispatch>();
+
+// The one auto rule: dense while n_experts * expert_width <= kDenseMaxColumns, sparse beyond. A request other
+// than auto is returned as it is.
+constexpr int64_t kDenseMaxColumns = 4096;
+Dispatch resolve_dispatch(Dispatch requested, int64_t n_experts, int64_t expert_width);
 
 struct MoleOptions {
-  RouterOptions router(int64_t in_features) const;
-  Dispatch resolved_dispatch() const;  // auto -> dense or sparse (linear level)
+  RouterOptions router(int64_t in_features) const { return RouterOptions(in_features, n_experts(), routing()); }
 
   TORCH_ARG(int64_t, n_experts) = 8;
-  TORCH_ARG(int64_t, top_k) = 2;
   TORCH_ARG(int64_t, rank) = 16;
   TORCH_ARG(double, alpha) = 32.0;
   TORCH_ARG(double, dropout) = 0.0;
   TORCH_ARG(bool, rslora) = false;
   /// An always-on LoRA beside the routed experts (weight 1).
   TORCH_ARG(bool, shared_expert) = false;
-  TORCH_ARG(Gating, gating) = Gating::kTopkSoftmax;
-  TORCH_ARG(bool, renormalize) = false;
-  TORCH_ARG(double, jitter) = 0.0;
-  TORCH_ARG(RoutingMode, mode) = RoutingMode::kLearned;
-  TORCH_ARG(std::vector<int64_t>, expert_modality) = {};
-  TORCH_ARG(int64_t, n_modalities) = 2;
+  TORCH_ARG(RoutingOptions, routing) = {};
   TORCH_ARG(Dispatch, dispatch) = Dispatch::kAuto;
-  /// auto picks dense when n_experts * rank <= this.
-  TORCH_ARG(int64_t, dense_max_columns) = 512;
   TORCH_ARG(BalanceLossOptions, losses) = {};
+
+ public:  // (TORCH_ARG leaves the access private)
+  // The field list (core/fields.h): what adapter_config.json holds for these options, in one flat object.
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("rank", self.rank(), "LoRA rank of each expert (and of plain LoRA)");
+    v("alpha", self.alpha(), "LoRA alpha: deltas are scaled by alpha / rank (alpha / sqrt(rank) with rslora)");
+    v("dropout", self.dropout(), "dropout on the adapter input while training");
+    v("rslora", self.rslora(), "rank-stabilised scaling alpha / sqrt(rank)");
+    v("n_experts", self.n_experts(), "LoRA experts per MoLE layer");
+    RoutingOptions::fields(self.routing(), v);  // top_k, gating, ... in the same object
+    v("shared_expert", self.shared_expert(), "an always-on LoRA beside the routed experts");
+    v("dispatch", self.dispatch(), "how the experts are computed (auto: dense or sparse by size; all equal)");
+    v("losses", self.losses(), "balance and stability losses with their coefficients (docs/MOE.md)");
+  }
+  void validate(const FieldPath& at) const;  // counts >= 1, top_k <= n_experts, dropout and jitter in [0, 1)
 };
 
 class RouterImpl;
 
 // Routes the flattened tokens x (N, D) of the layer `layer_name` with the modality of the current RoutingScope,
-// and records statistics and balance losses into the scope's sinks.
+// and hands the decision to the sinks of the current RoutingSinkScope (statistics, balance losses, top-1).
 Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::string& layer_name,
                          const BalanceLossOptions& losses);
 

@@ -10,54 +10,41 @@
 
 namespace mole {
 
-Gating parse_gating(const std::string& name) {
-  if (name == "topk_softmax") return Gating::kTopkSoftmax;
-  if (name == "softmax_topk") return Gating::kSoftmaxTopk;
-  if (name == "noisy_topk") return Gating::kNoisyTopk;
-  throw std::invalid_argument("unknown gating '" + name + "' (topk_softmax, softmax_topk, noisy_topk)");
+template <>
+const EnumTable<Gating>& enum_table<Gating>() {
+  static const EnumTable<Gating> table{
+      "gating", {{Gating::kTopkSoftmax, "topk_softmax"}, {Gating::kSoftmaxTopk, "softmax_topk"},
+                 {Gating::kNoisyTopk, "noisy_topk"}}};
+  return table;
 }
 
-std::string gating_name(Gating gating) {
-  switch (gating) {
-    case Gating::kTopkSoftmax: return "topk_softmax";
-    case Gating::kSoftmaxTopk: return "softmax_topk";
-    case Gating::kNoisyTopk: return "noisy_topk";
-  }
-  return "?";
-}
-
-RoutingMode parse_routing_mode(const std::string& name) {
-  if (name == "learned") return RoutingMode::kLearned;
-  if (name == "modality_grouped") return RoutingMode::kModalityGrouped;
-  if (name == "modality_embed") return RoutingMode::kModalityEmbed;
-  throw std::invalid_argument("unknown routing mode '" + name + "' (learned, modality_grouped, modality_embed)");
-}
-
-std::string routing_mode_name(RoutingMode mode) {
-  switch (mode) {
-    case RoutingMode::kLearned: return "learned";
-    case RoutingMode::kModalityGrouped: return "modality_grouped";
-    case RoutingMode::kModalityEmbed: return "modality_embed";
-  }
-  return "?";
+template <>
+const EnumTable<RoutingMode>& enum_table<RoutingMode>() {
+  static const EnumTable<RoutingMode> table{"routing mode",
+                                            {{RoutingMode::kLearned, "learned"},
+                                             {RoutingMode::kModalityGrouped, "modality_grouped"},
+                                             {RoutingMode::kModalityEmbed, "modality_embed"}}};
+  return table;
 }
 
 RouterImpl::RouterImpl(const RouterOptions& options_) : options(options_) { reset(); }
 
 void RouterImpl::reset() {
   int64_t e = options.n_experts(), d = options.in_features(), m = options.n_modalities();
+  const RoutingOptions& routing = options.routing();
   TORCH_CHECK(e >= 1 && d >= 1 && m >= 1, "router: n_experts, in_features and n_modalities must be >= 1");
-  TORCH_CHECK(options.top_k() >= 1 && options.top_k() <= e, "router: top_k must be in 1..", e, ", got ",
-              options.top_k());
+  TORCH_CHECK(routing.top_k() >= 1 && routing.top_k() <= e, "router: top_k must be in 1..", e, ", got ",
+              routing.top_k());
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   weight = register_parameter("weight", torch::empty({e, d}, f32));
-  if (options.gating() == Gating::kNoisyTopk) noise_weight = register_parameter("noise_weight", torch::empty({e, d}, f32));
-  if (options.mode() == RoutingMode::kModalityEmbed)
+  if (routing.gating() == Gating::kNoisyTopk)
+    noise_weight = register_parameter("noise_weight", torch::empty({e, d}, f32));
+  if (routing.mode() == RoutingMode::kModalityEmbed)
     modality_embedding = register_parameter("modality_embedding", torch::empty({m, d}, f32));
 
   auto allowed = torch::ones({m, e}, torch::kBool);
-  if (options.mode() == RoutingMode::kModalityGrouped) {
-    const auto& groups = options.expert_modality();
+  if (routing.mode() == RoutingMode::kModalityGrouped) {
+    const auto& groups = routing.expert_modality();
     TORCH_CHECK(static_cast<int64_t>(groups.size()) == e, "router: modality_grouped needs expert_modality with one "
                 "entry per expert (", e, "), got ", groups.size());
     allowed.zero_();
@@ -69,8 +56,8 @@ void RouterImpl::reset() {
     }
     for (int64_t mod = 0; mod < m; ++mod) {
       int64_t n_allowed = allowed[mod].sum().item<int64_t>();
-      TORCH_CHECK(n_allowed >= options.top_k(), "router: modality ", mod, " may use ", n_allowed,
-                  " experts, fewer than top_k = ", options.top_k());
+      TORCH_CHECK(n_allowed >= routing.top_k(), "router: modality ", mod, " may use ", n_allowed,
+                  " experts, fewer than top_k = ", routing.top_k());
     }
   }
   allowed_by_modality_ = register_buffer("allowed_by_modality", allowed);
@@ -110,15 +97,16 @@ Routing RouterImpl::forward(const torch::Tensor& x, const torch::Tensor& modalit
               options.in_features(), "), got ", x.sizes());
   TORCH_CHECK(modality.dim() == 1 && modality.size(0) == x.size(0), "router: modality must be (", x.size(0),
               "), got ", modality.sizes());
+  const RoutingOptions& routing = options.routing();
   auto h = x.to(torch::kFloat32);  // the router runs in float32 whatever the model dtype
-  if (is_training() && options.jitter() > 0)
-    h = h * torch::empty_like(h).uniform_(1.0 - options.jitter(), 1.0 + options.jitter());
+  if (is_training() && routing.jitter() > 0)
+    h = h * torch::empty_like(h).uniform_(1.0 - routing.jitter(), 1.0 + routing.jitter());
   if (modality_embedding.defined()) h = h + modality_embedding.index_select(0, modality);  // x + m_modality
   auto logits = torch::linear(h, weight);                                                 // (N, E)
   if (noise_weight.defined() && is_training())
     logits = logits + torch::randn_like(logits) * torch::softplus(torch::linear(h, noise_weight));
   auto allowed = allowed_by_modality_.index_select(0, modality);  // (N, E)
-  return route_from_logits(logits, allowed, options.top_k(), options.gating(), options.renormalize());
+  return route_from_logits(logits, allowed, routing.top_k(), routing.gating(), routing.renormalize());
 }
 
 }  // namespace mole

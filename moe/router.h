@@ -1,5 +1,5 @@
 // Token router of a MoLE layer: logits z = W_g x in float32, a gating rule that turns them into top-k gate
-// weights, and modality-aware variants (MOE.md "Gating", "Modality-aware routing").
+// weights, and modality-aware variants (docs/MOE.md "Gating", "Modality-aware routing").
 // Sources: Mixtral (topk_softmax), Switch Transformers / GShard (softmax_topk, jitter), Shazeer et al. 2017
 // (noisy_topk), LLaVA-MoLE (modality-blind learned router), MoMa (modality-grouped experts).
 //
@@ -10,8 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "core/fields.h"
 
 #include "moe/routing.h"
 
@@ -19,16 +21,14 @@ namespace mole {
 
 enum class Gating { kTopkSoftmax, kSoftmaxTopk, kNoisyTopk };
 enum class RoutingMode { kLearned, kModalityGrouped, kModalityEmbed };
+template <>
+const EnumTable<Gating>& enum_table<Gating>();  // topk_softmax | softmax_topk | noisy_topk
+template <>
+const EnumTable<RoutingMode>& enum_table<RoutingMode>();  // learned | modality_grouped | modality_embed
 
-Gating parse_gating(const std::string& name);  // topk_softmax | softmax_topk | noisy_topk
-std::string gating_name(Gating gating);
-RoutingMode parse_routing_mode(const std::string& name);  // learned | modality_grouped | modality_embed
-std::string routing_mode_name(RoutingMode mode);
-
-struct RouterOptions {
-  RouterOptions(int64_t in_features, int64_t n_experts) : in_features_(in_features), n_experts_(n_experts) {}
-  TORCH_ARG(int64_t, in_features);
-  TORCH_ARG(int64_t, n_experts);
+// How a router turns its logits into each token's experts: what a MoLE layer's config says about routing, shared
+// by RouterOptions and MoleOptions (one field list).
+struct RoutingOptions {
   /// Experts each token uses (1..n_experts, or 1..group size with modality_grouped).
   TORCH_ARG(int64_t, top_k) = 2;
   TORCH_ARG(Gating, gating) = Gating::kTopkSoftmax;
@@ -39,6 +39,26 @@ struct RouterOptions {
   TORCH_ARG(RoutingMode, mode) = RoutingMode::kLearned;
   /// modality_grouped: the modality each expert serves, or -1 for a shared expert any modality may use.
   TORCH_ARG(std::vector<int64_t>, expert_modality) = {};
+
+ public:  // (TORCH_ARG leaves the access private)
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("top_k", self.top_k(), "experts per token");
+    v("gating", self.gating(), "how logits become gate weights (docs/MOE.md \"Gating\")");
+    v("renormalize", self.renormalize(), "softmax_topk: the k chosen probabilities divided by their sum");
+    v("jitter", self.jitter(), "Switch jitter on the router input while training (0: off)");
+    v("routing_mode", self.mode(), "learned, or modality-aware (docs/MOE.md \"Modality-aware routing\")");
+    v("expert_modality", self.expert_modality(),
+      "modality_grouped: each expert's modality (0 text, 1 image, -1 shared by all)");
+  }
+};
+
+struct RouterOptions {
+  RouterOptions(int64_t in_features, int64_t n_experts, RoutingOptions routing = {})
+      : in_features_(in_features), n_experts_(n_experts), routing_(std::move(routing)) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, n_experts);
+  TORCH_ARG(RoutingOptions, routing);
   /// Modalities known to modality_embed and modality_grouped.
   TORCH_ARG(int64_t, n_modalities) = 2;
 };
@@ -46,7 +66,7 @@ struct RouterOptions {
 class RouterImpl : public torch::nn::Module {
  public:
   explicit RouterImpl(const RouterOptions& options);
-  void reset() ;
+  void reset();
   void reset_parameters();
   // x (N, D) in any dtype, modality (N) int64 -> the routing of every token, float32.
   Routing forward(const torch::Tensor& x, const torch::Tensor& modality);

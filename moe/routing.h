@@ -1,5 +1,5 @@
 // What a router decides for a batch of tokens: the data that MoLE layers, balance losses and routing
-// statistics share. Everything here is float32 (routers always run in float32, MOE.md), whatever the model dtype.
+// statistics share. Everything here is float32 (routers always run in float32, docs/MOE.md), whatever the model dtype.
 //
 // N=tokens E=experts K=top-k
 #pragma once
@@ -10,7 +10,7 @@
 
 namespace mole {
 
-// Token modality ids, carried by every token (MOE.md "Modality-aware routing"); room for more.
+// Token modality ids, carried by every token (docs/MOE.md "Modality-aware routing"); room for more.
 constexpr int64_t kModalityText = 0;
 constexpr int64_t kModalityImage = 1;
 constexpr int64_t kMaxModalities = 4;

@@ -8,11 +8,18 @@ namespace mole {
 
 namespace {
 thread_local RoutingContext* g_context = nullptr;
+thread_local const RoutingSinks* g_sinks = nullptr;
 }
 
 RoutingScope::RoutingScope(RoutingContext* context) : previous_(g_context) { g_context = context; }
 RoutingScope::~RoutingScope() { g_context = previous_; }
 RoutingContext* RoutingScope::current() { return g_context; }
+
+RoutingSinkScope::RoutingSinkScope(const RoutingSinks& sinks) : sinks_(sinks), previous_(g_sinks) { g_sinks = &sinks_; }
+RoutingSinkScope::~RoutingSinkScope() { g_sinks = previous_; }
+const RoutingSinks* RoutingSinkScope::current() { return g_sinks; }
+
+RoutePhase current_phase() { return g_context ? g_context->phase : RoutePhase::kPrefill; }
 
 std::pair<torch::Tensor, torch::Tensor> current_modality(int64_t n_tokens, const torch::Device& device) {
   auto* ctx = g_context;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <stdexcept>
 
 #include <torch/torch.h>
 
@@ -31,55 +32,246 @@ int64_t col_gate(int64_t e) { return kColFirstExpert + 2 * e; }
 int64_t col_allowed(int64_t e) { return kColFirstExpert + 3 * e; }
 int64_t n_columns(int64_t e) { return kColFirstExpert + 4 * e; }
 
-// One (phase, modality) row of sums on the host.
-struct Cell {
-  const double* row;
-  int64_t n_experts, top_k;
-  double tokens() const { return row[kColTokens]; }
-  double top1(int64_t i) const { return row[col_top1(n_experts) + i]; }
-  double topk(int64_t i) const { return row[col_topk(n_experts) + i]; }
-  double gate(int64_t i) const { return row[col_gate(n_experts) + i]; }
-  bool allowed(int64_t i) const { return row[col_allowed(n_experts) + i] > 0; }
-  double entropy() const { return tokens() > 0 ? row[kColEntropy] / tokens() : 0.0; }
-  double max_top1_share() const {
-    double best = 0.0;
-    for (int64_t i = 0; i < n_experts; ++i) best = std::max(best, top1(i));
-    return tokens() > 0 ? best / tokens() : 0.0;
+// One (phase, modality) row of sums on the host as a cell.
+RoutingCell cell_from_row(const double* row, int64_t n_experts, int64_t top_k) {
+  RoutingCell cell;
+  cell.top_k = top_k;
+  const double n = row[kColTokens];
+  cell.tokens = n;
+  cell.entropy = n > 0 ? row[kColEntropy] / n : 0.0;
+  for (int64_t i = 0; i < n_experts; ++i) {
+    const double top1 = row[col_top1(n_experts) + i], topk = row[col_topk(n_experts) + i];
+    cell.top1_share.push_back(top1 / n);
+    cell.topk_share.push_back(topk / (n * double(top_k)));
+    cell.mean_gate.push_back(topk > 0 ? row[col_gate(n_experts) + i] / topk : 0.0);
+    cell.allowed.push_back(row[col_allowed(n_experts) + i] > 0);
   }
-  // CV^2 of the top-k counts over the allowed experts (all when none is marked): unbiased var / (mean^2 + 1e-10).
-  double load_cv2() const {
-    std::vector<double> counts;
-    bool any_allowed = false;
-    for (int64_t i = 0; i < n_experts; ++i) any_allowed = any_allowed || allowed(i);
-    for (int64_t i = 0; i < n_experts; ++i)
-      if (!any_allowed || allowed(i)) counts.push_back(topk(i));
-    if (counts.size() < 2) return 0.0;
-    double mean = 0.0, var = 0.0;
-    for (double c : counts) mean += c;
-    mean /= double(counts.size());
-    for (double c : counts) var += (c - mean) * (c - mean);
-    var /= double(counts.size() - 1);
-    return var / (mean * mean + 1e-10);
+  return cell;
+}
+
+json cell_to_json(const RoutingCell& c) {
+  json top1 = json::array(), topk = json::array(), allowed = json::array();
+  for (int64_t i = 0; i < c.n_experts(); ++i) {
+    top1.push_back(int64_t(std::llround(c.top1_count(i))));
+    topk.push_back(int64_t(std::llround(c.topk_count(i))));
+    if (c.allowed[size_t(i)]) allowed.push_back(i);
   }
-  json to_json() const {
-    json top1_counts = json::array(), topk_counts = json::array(), top1_share = json::array(),
-         topk_share = json::array(), mean_gate = json::array(), allowed_experts = json::array();
-    double n = tokens();
-    for (int64_t i = 0; i < n_experts; ++i) {
-      top1_counts.push_back(int64_t(std::llround(top1(i))));
-      topk_counts.push_back(int64_t(std::llround(topk(i))));
-      top1_share.push_back(top1(i) / n);
-      topk_share.push_back(topk(i) / (n * double(top_k)));
-      mean_gate.push_back(topk(i) > 0 ? gate(i) / topk(i) : 0.0);
-      if (allowed(i)) allowed_experts.push_back(i);
-    }
-    return {{"tokens", int64_t(std::llround(n))}, {"top1", top1_counts},   {"topk", topk_counts},
-            {"top1_share", top1_share},            {"topk_share", topk_share}, {"mean_gate", mean_gate},
-            {"entropy", entropy()},                {"allowed_experts", allowed_experts}};
+  return {{"tokens", int64_t(std::llround(c.tokens))}, {"top1", top1},
+          {"topk", topk},                               {"top1_share", c.top1_share},
+          {"topk_share", c.topk_share},                 {"mean_gate", c.mean_gate},
+          {"entropy", c.entropy},                       {"allowed_experts", allowed}};
+}
+
+bool all_numbers(const json& list) {
+  return std::all_of(list.begin(), list.end(), [](const json& v) { return v.is_number(); });
+}
+
+std::vector<double> number_list(const json& cell, const char* key, int64_t n, const std::string& where) {
+  if (!cell.contains(key) || !cell[key].is_array() || int64_t(cell[key].size()) != n || !all_numbers(cell[key]))
+    throw std::runtime_error(where + ": \"" + key + "\" must be a list of n_experts = " + std::to_string(n) +
+                             " numbers");
+  return cell[key].get<std::vector<double>>();
+}
+
+// A cell of to_json()'s form back into sums: the shares times the token count.
+RoutingCell cell_from_json(const json& cell, int64_t n_experts, int64_t top_k, const std::string& where) {
+  if (!cell.is_object()) throw std::runtime_error(where + ": expected an object");
+  if (!cell.contains("tokens") || !cell["tokens"].is_number_integer() || cell["tokens"].get<int64_t>() < 0)
+    throw std::runtime_error(where + ": \"tokens\" must be a non-negative integer");
+  if (!cell.contains("entropy") || !cell["entropy"].is_number())
+    throw std::runtime_error(where + ": \"entropy\" must be a number");
+  RoutingCell c;
+  c.top_k = top_k;
+  c.tokens = double(cell["tokens"].get<int64_t>());
+  c.entropy = cell["entropy"].get<double>();
+  c.top1_share = number_list(cell, "top1_share", n_experts, where);
+  c.topk_share = number_list(cell, "topk_share", n_experts, where);
+  c.mean_gate = cell.contains("mean_gate") ? number_list(cell, "mean_gate", n_experts, where)
+                                           : std::vector<double>(size_t(n_experts), 0.0);
+  std::vector<bool> allowed(size_t(n_experts), !cell.contains("allowed_experts"));
+  if (cell.contains("allowed_experts")) {
+    const json& a = cell["allowed_experts"];
+    if (!a.is_array() || !std::all_of(a.begin(), a.end(), [&](const json& e) {
+          return e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < n_experts;
+        }))
+      throw std::runtime_error(where + ": \"allowed_experts\" must list expert indices below " +
+                               std::to_string(n_experts));
+    for (const json& e : a) allowed[size_t(e.get<int64_t>())] = true;
   }
-};
+  c.allowed = allowed;
+  return c;
+}
 
 }  // namespace
+
+double cv_squared(const std::vector<double>& values) {
+  if (values.size() < 2) return 0.0;
+  double mean = 0.0, var = 0.0;
+  for (double v : values) mean += v;
+  mean /= double(values.size());
+  for (double v : values) var += (v - mean) * (v - mean);
+  var /= double(values.size() - 1);
+  return var / (mean * mean + 1e-10);
+}
+
+int64_t RoutingCell::busiest_expert() const {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n_experts(); ++i)
+    if (top1_share[size_t(i)] > top1_share[size_t(best)]) best = i;
+  return best;
+}
+
+double RoutingCell::load_cv2() const {
+  const bool any_allowed = std::find(allowed.begin(), allowed.end(), true) != allowed.end();
+  std::vector<double> load;  // counts, as load_loss (the 1e-10 in CV^2's denominator is not scale-free)
+  for (int64_t i = 0; i < n_experts(); ++i)
+    if (!any_allowed || allowed[size_t(i)]) load.push_back(topk_count(i));
+  return cv_squared(load);
+}
+
+void RoutingCell::add(const RoutingCell& other) {
+  TORCH_CHECK(other.n_experts() == n_experts(), "RoutingCell::add: ", other.n_experts(), " experts into ",
+              n_experts());
+  const double ta = tokens, tb = other.tokens, t = std::max(ta + tb, 1.0);
+  for (size_t i = 0; i < top1_share.size(); ++i) {
+    const double use_a = topk_share[i] * ta, use_b = other.topk_share[i] * tb;  // top-k uses, up to the factor K
+    mean_gate[i] = use_a + use_b > 0 ? (mean_gate[i] * use_a + other.mean_gate[i] * use_b) / (use_a + use_b) : 0.0;
+    top1_share[i] = (top1_share[i] * ta + other.top1_share[i] * tb) / t;
+    topk_share[i] = (use_a + use_b) / t;
+    allowed[i] = allowed[i] || other.allowed[i];
+  }
+  entropy = (entropy * ta + other.entropy * tb) / t;
+  tokens = ta + tb;
+}
+
+template <>
+const EnumTable<PhaseView>& enum_table<PhaseView>() {
+  static const EnumTable<PhaseView> table{
+      "phase", {{PhaseView::kPrefill, "prefill"}, {PhaseView::kGenerate, "generate"}, {PhaseView::kBoth, "both"}}};
+  return table;
+}
+
+std::map<std::string, RoutingCell> LayerRouting::cells(PhaseView view) const {
+  if (view == PhaseView::kPrefill) return phase_cells[0];
+  if (view == PhaseView::kGenerate) return phase_cells[1];
+  std::map<std::string, RoutingCell> pooled = phase_cells[0];
+  for (const auto& [modality, cell] : phase_cells[1]) {
+    auto it = pooled.find(modality);
+    if (it == pooled.end()) pooled.emplace(modality, cell);
+    else it->second.add(cell);
+  }
+  return pooled;
+}
+
+json RoutingTable::to_json() const {
+  json names = json::array(), order = json::array(), out_layers = json::object();
+  for (int64_t m = 0; m < n_modalities; ++m) names.push_back(modality_name(m));
+  for (const LayerRouting& layer : layers) {
+    json entry = {{"n_experts", layer.n_experts}, {"top_k", layer.top_k}};
+    for (RoutePhase phase : {RoutePhase::kPrefill, RoutePhase::kGenerate}) {
+      json cells = json::object();
+      for (const auto& [modality, cell] : layer.phase_cells[int(phase)]) cells[modality] = cell_to_json(cell);
+      if (!cells.empty()) entry[route_phase_name(phase)] = cells;
+    }
+    if (layer.tokens_outside_modalities > 0) entry["tokens_outside_modalities"] = layer.tokens_outside_modalities;
+    order.push_back(layer.name);
+    out_layers[layer.name] = entry;
+  }
+  return {{"n_modalities", n_modalities}, {"modality_names", names}, {"layer_order", order}, {"layers", out_layers}};
+}
+
+RoutingTable RoutingTable::from_json(const json& stats, const std::string& what) {
+  if (!stats.is_object() || !stats.contains("layers") || !stats["layers"].is_object() || stats["layers"].empty())
+    throw std::runtime_error(what + ": expected RoutingStats::to_json() output with a non-empty \"layers\" object");
+  std::vector<std::string> order;
+  if (!stats.contains("layer_order")) {
+    for (const auto& [name, layer] : stats["layers"].items()) order.push_back(name);
+  } else if (!stats["layer_order"].is_array() || stats["layer_order"].empty() ||
+             !std::all_of(stats["layer_order"].begin(), stats["layer_order"].end(),
+                          [](const json& n) { return n.is_string(); })) {
+    throw std::runtime_error(what + ": \"layer_order\" must be a non-empty list of layer names");
+  } else {
+    order = stats["layer_order"].get<std::vector<std::string>>();
+  }
+  RoutingTable table;
+  if (stats.contains("n_modalities") && stats["n_modalities"].is_number_integer())
+    table.n_modalities = stats["n_modalities"].get<int64_t>();
+  for (const std::string& name : order) {
+    const std::string where = what + ": layer '" + name + "'";
+    if (!stats["layers"].contains(name)) throw std::runtime_error(where + " is in layer_order but not in layers");
+    const json& j = stats["layers"][name];
+    if (!j.is_object() || !j.contains("n_experts") || !j["n_experts"].is_number_integer() ||
+        j["n_experts"].get<int64_t>() < 1 || !j.contains("top_k") || !j["top_k"].is_number_integer() ||
+        j["top_k"].get<int64_t>() < 1)
+      throw std::runtime_error(where + ": needs integer \"n_experts\" >= 1 and \"top_k\" >= 1");
+    LayerRouting layer;
+    layer.name = name;
+    layer.n_experts = j["n_experts"].get<int64_t>();
+    layer.top_k = j["top_k"].get<int64_t>();
+    if (j.contains("tokens_outside_modalities") && j["tokens_outside_modalities"].is_number_integer())
+      layer.tokens_outside_modalities = j["tokens_outside_modalities"].get<int64_t>();
+    for (RoutePhase phase : {RoutePhase::kPrefill, RoutePhase::kGenerate}) {
+      const std::string p = route_phase_name(phase);
+      if (!j.contains(p)) continue;
+      if (!j[p].is_object()) throw std::runtime_error(where + ": \"" + p + "\" must map modality names to cells");
+      for (const auto& [modality, cell] : j[p].items()) {
+        RoutingCell c = cell_from_json(cell, layer.n_experts, layer.top_k, where + " " + p + "." + modality);
+        if (c.tokens > 0) layer.phase_cells[int(phase)][modality] = c;
+      }
+    }
+    table.layers.push_back(layer);
+  }
+  return table;
+}
+
+json RoutingTable::summary_json() const {
+  struct Mean {
+    double max_share = 0, entropy = 0, load_cv2 = 0;
+    int64_t layers = 0;
+  };
+  std::map<std::string, Mean> means;
+  for (const LayerRouting& layer : layers)
+    for (const auto& [modality, cell] : layer.cells(PhaseView::kBoth)) {
+      Mean& m = means[modality];
+      m.max_share += cell.max_top1_share();
+      m.entropy += cell.entropy;
+      m.load_cv2 += cell.load_cv2();
+      m.layers += 1;
+    }
+  json out = {{"layers", int64_t(layers.size())}};
+  for (const auto& [modality, m] : means) {
+    double n = double(m.layers);
+    out[modality] = {{"max_share", m.max_share / n}, {"entropy", m.entropy / n}, {"load_cv2", m.load_cv2 / n}};
+  }
+  return out;
+}
+
+std::string RoutingTable::summary() const {
+  json s = summary_json();
+  std::string line;
+  for (int64_t m = 0; m < n_modalities; ++m) {
+    std::string name = modality_name(m);
+    if (!s.contains(name)) continue;
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%s: max-share %.2f H %.2f cv2 %.2f", name.c_str(),
+                  s[name]["max_share"].get<double>(), s[name]["entropy"].get<double>(),
+                  s[name]["load_cv2"].get<double>());
+    line += (line.empty() ? "" : " | ") + std::string(buf);
+  }
+  return line.empty() ? "no routing recorded" : line;
+}
+
+json RoutingTable::expert_load() const {
+  json out = {{"layers", json::array()}, {"text", json::array()}, {"image", json::array()}};
+  for (const LayerRouting& layer : layers) {
+    out["layers"].push_back(layer.name);
+    for (const char* modality : {"text", "image"}) {
+      auto it = layer.phase_cells[int(RoutePhase::kPrefill)].find(modality);
+      out[modality].push_back(it == layer.phase_cells[0].end() ? json::array() : json(it->second.topk_share));
+    }
+  }
+  return out;
+}
 
 RoutingStats::RoutingStats(int64_t n_modalities) : n_modalities_(n_modalities) {
   TORCH_CHECK(n_modalities >= 1, "RoutingStats: n_modalities must be >= 1, got ", n_modalities);
@@ -145,71 +337,30 @@ void RoutingStats::record(const std::string& layer, const Routing& r, const torc
   target = target.index_add(0, bucket.to(target.device()), rows.to(target.device()));
 }
 
-json RoutingStats::to_json() const {
-  json names = json::array();
-  for (int64_t m = 0; m < n_modalities_; ++m) names.push_back(modality_name(m));
-  json layers = json::object();
+RoutingTable RoutingStats::table() const {
+  RoutingTable table;
+  table.n_modalities = n_modalities_;
   for (const auto& name : order_) {
     const LayerSums& sums = layers_.at(name);
-    json entry = {{"n_experts", sums.n_experts}, {"top_k", sums.top_k}};
+    LayerRouting layer;
+    layer.name = name;
+    layer.n_experts = sums.n_experts;
+    layer.top_k = sums.top_k;
     double outside = 0.0;
     for (RoutePhase phase : {RoutePhase::kPrefill, RoutePhase::kGenerate}) {
       auto host = sums.sums[static_cast<int>(phase)].cpu().contiguous();  // (M+1, C)
       const double* data = host.data_ptr<double>();
-      int64_t columns = host.size(1);
+      const int64_t columns = host.size(1);
       outside += data[n_modalities_ * columns + kColTokens];
-      json cells = json::object();
       for (int64_t m = 0; m < n_modalities_; ++m) {
-        Cell cell{data + m * columns, sums.n_experts, sums.top_k};
-        if (cell.tokens() > 0) cells[modality_name(m)] = cell.to_json();
+        RoutingCell cell = cell_from_row(data + m * columns, sums.n_experts, sums.top_k);
+        if (cell.tokens > 0) layer.phase_cells[int(phase)][modality_name(m)] = cell;
       }
-      if (!cells.empty()) entry[route_phase_name(phase)] = cells;
     }
-    if (outside > 0) entry["tokens_outside_modalities"] = int64_t(std::llround(outside));
-    layers[name] = entry;
+    layer.tokens_outside_modalities = int64_t(std::llround(outside));
+    table.layers.push_back(layer);
   }
-  return {{"n_modalities", n_modalities_}, {"modality_names", names}, {"layer_order", order_}, {"layers", layers}};
-}
-
-json RoutingStats::summary_json() const {
-  std::vector<double> max_share(n_modalities_, 0.0), entropy(n_modalities_, 0.0), load_cv2(n_modalities_, 0.0);
-  std::vector<int64_t> seen(n_modalities_, 0);
-  for (const auto& name : order_) {
-    const LayerSums& sums = layers_.at(name);
-    auto host = (sums.sums[0].cpu() + sums.sums[1].cpu()).contiguous();  // both phases together
-    const double* data = host.data_ptr<double>();
-    for (int64_t m = 0; m < n_modalities_; ++m) {
-      Cell cell{data + m * host.size(1), sums.n_experts, sums.top_k};
-      if (cell.tokens() <= 0) continue;
-      max_share[m] += cell.max_top1_share();
-      entropy[m] += cell.entropy();
-      load_cv2[m] += cell.load_cv2();
-      seen[m] += 1;
-    }
-  }
-  json out = {{"layers", int64_t(order_.size())}};
-  for (int64_t m = 0; m < n_modalities_; ++m) {
-    if (seen[m] == 0) continue;
-    double layers = double(seen[m]);
-    out[modality_name(m)] = {
-        {"max_share", max_share[m] / layers}, {"entropy", entropy[m] / layers}, {"load_cv2", load_cv2[m] / layers}};
-  }
-  return out;
-}
-
-std::string RoutingStats::summary() const {
-  json s = summary_json();
-  std::string line;
-  for (int64_t m = 0; m < n_modalities_; ++m) {
-    std::string name = modality_name(m);
-    if (!s.contains(name)) continue;
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), "%s: max-share %.2f H %.2f cv2 %.2f", name.c_str(),
-                  s[name]["max_share"].get<double>(), s[name]["entropy"].get<double>(),
-                  s[name]["load_cv2"].get<double>());
-    line += (line.empty() ? "" : " | ") + std::string(buf);
-  }
-  return line.empty() ? "no routing recorded" : line;
+  return table;
 }
 
 void RoutingStats::reset() {

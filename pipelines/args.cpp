@@ -104,6 +104,11 @@ int64_t Args::get_int(const std::string& name) const {
 
 bool Args::has(const std::string& name) const { return !get(name).empty(); }
 
+Args& Args::epilog(const std::string& text) {
+  epilog_ = text;
+  return *this;
+}
+
 std::string Args::help() const {
   std::ostringstream out;
   out << "usage: mole " << command_;
@@ -117,6 +122,7 @@ std::string Args::help() const {
     if (s.required && !s.is_positional) out << " (required)";
     out << "\n";
   }
+  if (!epilog_.empty()) out << "\n" << epilog_;
   return out.str();
 }
 

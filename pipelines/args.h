@@ -23,6 +23,7 @@ class Args {
   Args& flag(const std::string& name, const std::string& help);                 // --name (boolean)
   Args& positional(const std::string& name, const std::string& help);           // required, in order
   Args& repeated(const std::string& name, const std::string& help);             // --name VALUE, any number
+  Args& epilog(const std::string& text);  // more help after the options (e.g. a config's field list)
   // Parses argv[first..argc). Returns false when --help was asked (help already printed).
   bool parse(int argc, char** argv, int first = 2);
 
@@ -37,7 +38,7 @@ class Args {
     std::string name, help, fallback;
     bool is_flag = false, required = false, is_positional = false, is_repeated = false;
   };
-  std::string command_, summary_;
+  std::string command_, summary_, epilog_;
   std::vector<Spec> specs_;
   std::map<std::string, std::string> values_;
   std::map<std::string, std::vector<std::string>> lists_;

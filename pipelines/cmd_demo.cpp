@@ -20,12 +20,12 @@
 #include "core/json_config.h"
 #include "data/shapes.h"
 #include "language/tokenizer.h"
-#include "pipelines/answer.h"
+#include "eval/answer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
-#include "pipelines/plots.h"
-#include "pipelines/route_report.h"
-#include "pipelines/routes.h"
+#include "report/charts.h"
+#include "report/route_report.h"
+#include "eval/routes.h"
 #include "pipelines/trainer.h"
 
 namespace mole {

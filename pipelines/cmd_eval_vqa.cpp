@@ -2,7 +2,7 @@
 // Answers a question file with batched greedy decoding (LLaVA's model_vqa_loader defaults: the model's template,
 // max_new_tokens 128) and writes DIR/answers.jsonl in LLaVA's answer format and DIR/results.json in VQAv2's
 // submission format (answers through LLaVA's EvalAIAnswerProcessor, as scripts/convert_vqav2_for_submission.py).
-// With --annotations (VQAv2 format) it scores them with the official metric (data/vqa_metrics.h) and writes
+// With --annotations (VQAv2 format) it scores them with the official metric (eval/vqa_metrics.h) and writes
 // DIR/scores.json: overall, perQuestionType, perAnswerType, evalQA, plus perCategory (the question file's
 // "category", e.g. the task family of the shapes set).
 #include <chrono>
@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "core/json_config.h"
-#include "data/vqa_data.h"
-#include "data/vqa_metrics.h"
-#include "pipelines/answer.h"
+#include "eval/vqa_data.h"
+#include "eval/vqa_metrics.h"
+#include "eval/answer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
-#include "pipelines/run_model.h"
+#include "model/trained_model.h"
 
 namespace mole {
 

@@ -5,7 +5,7 @@
 #include <iostream>
 #include <string>
 
-#include "pipelines/answer.h"
+#include "eval/answer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
 

@@ -1,5 +1,5 @@
 // mole routes --model RUN_OR_CHECKPOINT --data FILE --images DIR --out DIR [--generate]
-// Runs a MoLE model on samples and draws what its routers do (pipelines/route_report.h): per layer x expert load
+// Runs a MoLE model on samples and draws what its routers do (report/route_report.h): per layer x expert load
 // of image and text tokens (heat maps, stacked bars; top-1 and top-k), router entropy per layer and modality,
 // image patches coloured by their top expert, expert load over training from the run's metrics log; PNGs,
 // routes.json and index.html.
@@ -7,7 +7,7 @@
 
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
-#include "pipelines/routes.h"
+#include "eval/routes.h"
 
 namespace mole {
 
@@ -32,7 +32,7 @@ int cmd_routes(int argc, char** argv) {
   options.generate = args.has("generate");
   options.image_dir = args.get("images");
   RouteCollection routes = collect_routes(model, route_questions(args.get("data")), options);
-  if (routes.stats["layers"].empty())
+  if (routes.stats.layers.empty())
     throw std::runtime_error(args.get("model") + ": no routed layer (the model has no MoLE adapters)");
   RouteReportOptions report;
   report.title = "Expert routing: " + args.get("model");
@@ -41,7 +41,7 @@ int cmd_routes(int argc, char** argv) {
   report.patch_grids = routes.patch_grids;
   RouteReport written = write_route_report(args.get("out"), routes.stats, report);
   std::printf("%lld samples, %zu routed layers -> %s (%zu figures)\n", (long long)routes.n_samples,
-              routes.stats["layers"].size(), written.html.c_str(), written.pngs.size());
+              routes.stats.layers.size(), written.html.c_str(), written.pngs.size());
   return 0;
 }
 

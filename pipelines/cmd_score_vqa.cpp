@@ -1,6 +1,6 @@
 // mole score-vqa --results R --annotations A [--questions Q] [--format vqav2|gqa|scienceqa|pope] [--out FILE]
-// Scores model answers with the official metrics (data/vqa_metrics.h), reading the files the official scripts
-// read (data/vqa_eval_files.h):
+// Scores model answers with the official metrics (eval/vqa_metrics.h), reading the files the official scripts
+// read (eval/vqa_eval_files.h):
 //   vqav2      A: VQAv2 annotations JSON. R: a VQAv2 results list [{"question_id", "answer"}] (answers used as
 //              given, as by the official evaluator) or LLaVA answers jsonl (each text through
 //              EvalAIAnswerProcessor, as convert_vqav2_for_submission.py does; with --questions, questions
@@ -26,9 +26,9 @@
 
 #include "core/json_config.h"
 #include "data/llava_data.h"
-#include "data/vqa_data.h"
-#include "data/vqa_eval_files.h"
-#include "data/vqa_metrics.h"
+#include "eval/vqa_data.h"
+#include "eval/vqa_eval_files.h"
+#include "eval/vqa_metrics.h"
 #include "pipelines/args.h"
 
 namespace mole {

@@ -1,5 +1,5 @@
 // mole train --config run.json [--set key=value ...] [--resume]
-// The training stages (pipelines/trainer.h): the config file is the one field list (pipelines/train_config.h);
+// The training stages (pipelines/trainer.h): the config file follows the field lists of pipelines/train_config.h;
 // --set changes fields of it for this run, e.g. --set optim.lr=1e-3 --set model.adapter.n_experts=4.
 #include <cstdio>
 #include <string>
@@ -20,7 +20,8 @@ int cmd_train(int argc, char** argv) {
   args.option("config", "run config JSON (see README: Training)", "", true)
       .repeated("set", "KEY=VALUE override of a config field, dotted (optim.lr=1e-3); repeatable")
       .flag("resume", "continue from OUT/checkpoints/latest, exactly where it stopped")
-      .flag("print-config", "print the resolved config and exit");
+      .flag("print-config", "print the resolved config (every field, defaults included) and exit")
+      .epilog("Fields of run.json (dotted keys for --set; type = default):\n" + train_config_help());
   if (!args.parse(argc, argv)) return 0;
   json j = read_json_file(args.get("config"));
   for (const std::string& assignment : args.get_all("set")) apply_override(j, assignment);

@@ -1,81 +1,169 @@
-// The configuration of `mole train` (run.json): one field list, read from JSON, overridable from the command
-// line (--set optim.lr=1e-3), printed at start-up and saved in the run folder. Unknown keys are errors, so a
-// misspelt option never silently keeps its default.
+// The configuration of `mole train` (run.json): one field list per section (core/fields.h), read from JSON,
+// overridable from the command line (--set optim.lr=1e-3), printed whole by --print-config (every resolved
+// value, defaults included), documented by `mole train --help`, and saved in the run folder. An unknown key at
+// any depth is an error naming the dotted key and the nearest known one, so a misspelt option never silently
+// keeps its default.
 //
 // {"stage": "pretrain" | "align" | "finetune", "out": "runs/x",
-//  "model": {"base": DIR, "init": {llava config.json}, "projector": FILE, "tokenizer": DIR,
-//            "train_projector": bool, "adapter": {adapter_config.json}, "image_processor": {preprocessor_config}},
-//  "data":  {"train": FILE | [FILE...], "text_corpus": FILE, "images": DIR, "template": T, "max_len": N,
-//            "batch_size": N, "workers": N, "group_by_length": bool, "strict": bool},
-//  "optim": {"steps": N, "epochs": X, "lr", "projector_lr", "router_lr", "weight_decay", "warmup_ratio",
-//            "min_lr_ratio", "grad_accum", "clip", "bf16": "auto" | true | false, "beta1", "beta2", "eps"},
-//  "run":   {"seed", "log_every", "save_every", "keep_last", "max_bad_steps", "stop_after", "threads", "device",
-//            "progress"}}
+//  "model": {...}, "data": {...}, "optim": {...}, "run": {...}}   (the sections below)
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "core/fields.h"
+#include "model/adapters.h"
+
 namespace mole {
 
-struct TrainConfig {
-  std::string stage = "finetune";  // pretrain | align | finetune
-  std::string out_dir;
+enum class Stage { kPretrain, kAlign, kFinetune };
+enum class Bf16Mode { kAuto, kOn, kOff };                 // JSON: "auto", true / "true", false / "false"
+enum class ProgressMode { kAuto, kBar, kLines, kOff };
+template <>
+const EnumTable<Stage>& enum_table<Stage>();
+template <>
+const EnumTable<Bf16Mode>& enum_table<Bf16Mode>();
+template <>
+const EnumTable<ProgressMode>& enum_table<ProgressMode>();
 
-  // model
-  std::string base;               // llava-hf folder or a mole run / checkpoint (align, finetune)
-  nlohmann::json init;            // pretrain: a llava config.json object; vocab_size, image_token_index and
-                                  // pad_token_id are filled in from the tokenizer
-  std::string projector;          // projector weights put on the base (an align run's output)
-  std::string tokenizer;          // default: the base's
-  bool train_projector = true;    // finetune (LLaVA stage 2 trains it); align always, pretrain: everything
-  nlohmann::json adapter;         // finetune: an adapter_config.json object (AdapterConfig)
-  nlohmann::json image_processor; // preprocessor_config.json values; default: the base's, else from the config
+struct ModelSection {
+  std::string base;                      // llava-hf folder or a mole run / checkpoint (align, finetune)
+  nlohmann::json init;                   // pretrain from scratch: a llava config.json object
+  std::string projector;                 // projector weights put on the base (an align run's output)
+  std::string tokenizer;                 // default: the base's
+  bool train_projector = true;
+  std::optional<AdapterConfig> adapter;  // finetune
+  nlohmann::json image_processor;        // preprocessor_config.json values
 
-  // data
-  std::vector<std::string> train_files;
-  std::string text_corpus;        // pretrain: one text-only sample per non-empty line
-  std::string images;             // folder the records' image paths are relative to
-  std::string conversation_template = "vicuna_v1";
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("base", self.base, "llava-hf folder, or a mole run or checkpoint, to start from (align, finetune)");
+    v("init", self.init, "pretrain from scratch: a llava config.json object (vocab_size, image_token_index and "
+                         "pad_token_id come from the tokenizer)");
+    v("projector", self.projector, "projector weights to put on the base (an align run's projector.safetensors)");
+    v("tokenizer", self.tokenizer, "tokenizer folder (default: the base's)");
+    v("train_projector", self.train_projector, "finetune: train the projector too (LLaVA stage 2 does)");
+    v("adapter", self.adapter, "finetune: the adapter config (adapter_config.json's fields)");
+    v("image_processor", self.image_processor, "preprocessor_config.json values (default: the base's)");
+  }
+};
+
+struct DataSection {
+  std::vector<std::string> train;        // LLaVA JSON / JSON Lines files, in order
+  std::string text_corpus;               // pretrain: one text-only sample per non-empty line
+  std::string images;                    // folder the records' image paths are relative to
+  std::string conversation_template;     // "": vicuna_v1 for finetune, plain otherwise
   int64_t max_len = 2048;
   int64_t batch_size = 16;
   int64_t workers = 2;
   bool group_by_length = false;
   bool strict = false;
 
-  // optimisation
-  int64_t steps = 0;              // optimizer steps; 0: from epochs
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("train", self.train, "LLaVA JSON or JSON Lines training files (a string or a list)");
+    v("text_corpus", self.text_corpus, "pretrain: a text file, one text-only sample per non-empty line");
+    v("images", self.images, "folder the records' image paths are relative to");
+    v("template", self.conversation_template, "conversation template (vicuna_v1, llava_llama_2, plain; default: "
+                                              "vicuna_v1 for finetune, plain otherwise)");
+    v("max_len", self.max_len, "tokens per sample at most (images are never cut)");
+    v("batch_size", self.batch_size, "samples per micro-batch");
+    v("workers", self.workers, "loader threads building batches ahead of the trainer");
+    v("group_by_length", self.group_by_length, "batches of similar length (transformers' megabatches of 50)");
+    v("strict", self.strict, "a bad record is an error instead of a counted skip");
+  }
+};
+
+struct OptimSection {
+  int64_t steps = 0;                     // optimizer steps; 0: from epochs
   double epochs = 1.0;
   double lr = 2e-4;
-  double projector_lr = 0.0;      // 0: lr
-  double router_lr = 0.0;         // 0: lr
+  double projector_lr = 0.0;             // 0: lr
+  double router_lr = 0.0;                // 0: lr
   double weight_decay = 0.0;
   double warmup_ratio = 0.03;
   double min_lr_ratio = 0.0;
   int64_t grad_accum = 1;
-  double clip = 1.0;              // max gradient norm; 0: off
-  std::string bf16 = "auto";      // auto: on CUDA with bf16 support, off on CPU
+  double clip = 1.0;                     // max gradient norm; 0: off
+  Bf16Mode bf16 = Bf16Mode::kAuto;       // auto: on CUDA, off on CPU
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
 
-  // run
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("steps", self.steps, "optimizer steps (0: from epochs)");
+    v("epochs", self.epochs, "passes over the data when steps is 0");
+    v("lr", self.lr, "peak learning rate (AdamW, cosine schedule)");
+    v("projector_lr", self.projector_lr, "learning rate of the projector (0: lr)");
+    v("router_lr", self.router_lr, "learning rate of the MoLE routers (0: lr)");
+    v("weight_decay", self.weight_decay, "decoupled weight decay, on matrices only");
+    v("warmup_ratio", self.warmup_ratio, "share of the steps with a linear warm-up");
+    v("min_lr_ratio", self.min_lr_ratio, "the cosine ends at lr * min_lr_ratio");
+    v("grad_accum", self.grad_accum, "micro-batches per optimizer step");
+    v("clip", self.clip, "max gradient norm (0: no clipping)");
+    v("bf16", self.bf16, "bfloat16 autocast (auto: on CUDA, off on CPU)");
+    v("beta1", self.beta1, "AdamW beta1");
+    v("beta2", self.beta2, "AdamW beta2");
+    v("eps", self.eps, "AdamW epsilon");
+  }
+};
+
+struct RunSection {
   uint64_t seed = 0;
   int64_t log_every = 10;
-  int64_t save_every = 0;         // 0: only at the end
+  int64_t save_every = 0;                // 0: only at the end
   int64_t keep_last = 2;
-  int64_t max_bad_steps = 5;      // non-finite steps in a row before the run stops
-  int64_t stop_after = 0;         // stop at this step with a checkpoint (a job's time slice); the schedule still
-                                  // spans optim.steps, and --resume continues; 0: run to the end
-  int64_t threads = 0;            // LibTorch threads; 0: mole's default (MOLE_THREADS or every core)
+  int64_t max_bad_steps = 5;
+  int64_t stop_after = 0;                // 0: run to the end
+  int64_t threads = 0;                   // 0: mole's default (MOLE_THREADS or every core)
   std::string device = "cpu";
-  std::string progress = "auto";  // auto (a bar on a terminal) | bar | lines | off
+  ProgressMode progress = ProgressMode::kAuto;
 
-  // Reads the object above. ConfigError names `where` and the key.
-  static TrainConfig from_json(const nlohmann::json& j, const std::string& where);
-  nlohmann::json to_json() const;
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("seed", self.seed, "seed of the initialisation, dropout, routing noise and data order");
+    v("log_every", self.log_every, "steps per metrics line");
+    v("save_every", self.save_every, "steps between checkpoints (0: only at the end)");
+    v("keep_last", self.keep_last, "checkpoints kept");
+    v("max_bad_steps", self.max_bad_steps, "non-finite steps in a row before the run stops");
+    v("stop_after", self.stop_after, "stop at this step with a checkpoint, to --resume later (0: run to the end)");
+    v("threads", self.threads, "LibTorch threads (0: MOLE_THREADS or every core)");
+    v("device", self.device, "cpu or cuda[:N]");
+    v("progress", self.progress, "a progress bar (auto: on a terminal), log lines, or nothing");
+  }
 };
+
+struct TrainConfig {
+  Stage stage = Stage::kFinetune;
+  std::string out_dir;
+  ModelSection model;
+  DataSection data;
+  OptimSection optim;
+  RunSection run;
+
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("stage", self.stage, "pretrain (every parameter), align (the projector, LLaVA stage 1) or finetune "
+                           "(adapters, LLaVA stage 2)");
+    v("out", self.out_dir, "the run folder (required)");
+    v("model", self.model, "what to train");
+    v("data", self.data, "what to train on");
+    v("optim", self.optim, "how to optimise");
+    v("run", self.run, "seed, logging, checkpoints, threads, device");
+  }
+  // Cross-field rules and ranges; errors name the file and the dotted key.
+  void validate(const FieldPath& at) const;
+
+  // Reads run.json's object: defaults where keys are absent, the stage's template default filled in.
+  static TrainConfig from_json(const nlohmann::json& j, const std::string& file);
+  nlohmann::json to_json() const { return write_fields(*this); }
+};
+
+// Every field of run.json with its type, default and meaning (for `mole train --help`).
+std::string train_config_help();
 
 // --set KEY=VALUE on the JSON before it is read: KEY is a dotted path (optim.lr, model.adapter.n_experts);
 // VALUE is parsed as JSON when it is valid JSON (numbers, true, [..], {..}) and taken as a string otherwise.

@@ -3,30 +3,56 @@
 //   align     LLaVA stage 1: only the projector, on captions with the "plain" template;
 //   finetune  LLaVA stage 2: LoRA or MoLE adapters on the frozen language model (and wherever the adapter config
 //             puts them), the projector trainable or frozen.
-// The loop reads top to bottom: config -> model -> data -> optimizer -> (resume) -> loop { batches of one step,
-// forward, loss + balance losses, backward, non-finite check, clip, AdamW step, log; checkpoint } -> final.
+// run_training reads top to bottom (llm.c's main): set-up (model, data, optimizer, resume), then
+//   for step: stats = train_step(next batches); skip if not finite; clip, AdamW; window.add(stats);
+//             maybe log; hooks (evaluation); maybe checkpoint
+// then the final folder. A TrainingGuard owns what the run changes in the process (the SIGINT handler, autocast,
+// the routing sinks) and restores it on every exit, a thrown error included.
 // Reference: LLaVA llava/train/train.py and scripts/v1_5/{pretrain,finetune_lora}.sh for the recipe;
 // HF Trainer for the step / accumulation / schedule semantics.
 #pragma once
 
+#include <functional>
+#include <stdexcept>
 #include <string>
 
+#include "data/loader.h"
+#include "model/llava.h"
+#include "moe/routing_context.h"
+#include "pipelines/metrics_window.h"
+#include "pipelines/optim.h"
 #include "pipelines/train_config.h"
 
 namespace mole {
 
 struct TrainResult {
   int64_t steps = 0;          // optimizer steps done in total (including before a resume)
-  double last_loss = 0.0;     // mean loss of the last logging window
+  double last_loss = 0.0;     // loss of the last optimizer step
   std::string final_dir;      // RUN/final, or the checkpoint written on interruption
   bool interrupted = false;   // Ctrl-C: a checkpoint was written and the run stopped early
   bool stopped = false;       // run.stop_after (or Ctrl-C): stopped before the last step, with a checkpoint
 };
 
+// Ways for a caller to take part in a run (tests, and evaluation during training), instead of environment
+// variables read in the loop.
+struct TrainHooks {
+  // After every optimizer step that was taken, with the model in train mode: the place for periodic
+  // evaluation. It may throw (the run ends, the guard restores the process state).
+  std::function<void(int64_t step, Llava& model)> after_step;
+  // Inside each checkpoint write, after its files are written and before the folder is renamed into place.
+  std::function<void(const std::string& dir)> checkpoint_filled;
+};
+
 // Runs (or with `resume`, continues from RUN/checkpoints/latest) the training the config describes. Writes
 // RUN/run.json, RUN/metrics.jsonl, checkpoints and RUN/final. Throws on bad configs, on data that is unusable as
 // a whole, and when non-finite steps keep coming (TrainingError).
-TrainResult run_training(const TrainConfig& config, bool resume);
+TrainResult run_training(const TrainConfig& config, bool resume, const TrainHooks& hooks = {});
+
+// One optimizer step's forward and backward: grad_accum batches from the loader, each batch's mean loss (next-
+// token cross-entropy, -100 ignored, plus the weighted balance losses the MoLE layers report into `losses`)
+// weighing 1/grad_accum, as the HF Trainer; gradients are left on the parameters, and their norm measured.
+StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
+                     const torch::Device& device, LayerLosses& losses);
 
 struct TrainingError : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -14,6 +14,7 @@ std::string source_dir() { return MOLE_SOURCE_DIR; }
 std::string binary_dir() { return MOLE_BINARY_DIR; }
 std::string ref_dir() { return binary_dir() + "/ref"; }
 std::string mole_bin() { return binary_dir() + "/mole"; }
+std::string slow_checkpoint_train_bin() { return binary_dir() + "/slow_checkpoint_train"; }
 
 std::string scratch_dir(const std::string& tag) {
   std::filesystem::path dir = std::filesystem::path(binary_dir()) / "test_scratch" / tag;

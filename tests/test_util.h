@@ -11,6 +11,8 @@ std::string source_dir();  // the repository root
 std::string binary_dir();  // the build folder (holds the `mole` program)
 std::string ref_dir();     // build/ref: what tests/reference/make_tiny_llava.py wrote
 std::string mole_bin();    // build/mole
+// build/slow_checkpoint_train: `mole train` whose checkpoint writes pause (tests/tools/slow_checkpoint_train.cpp)
+std::string slow_checkpoint_train_bin();
 
 // A fresh empty folder under the build folder, named after `tag`; removed and recreated on each call.
 std::string scratch_dir(const std::string& tag);

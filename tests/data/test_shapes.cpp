@@ -10,7 +10,7 @@
 
 #include "data/llava_data.h"
 #include "data/shapes.h"
-#include "data/vqa_data.h"
+#include "eval/vqa_data.h"
 #include "tests/test_util.h"
 
 using namespace mole;

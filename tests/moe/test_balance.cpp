@@ -1,5 +1,5 @@
 // Balance and stability losses (moe/balance.h) against hand-written float64 loops over tokens and experts
-// (MOE.md "Balance and stability losses"), a few literal hand-computed numbers, gradients against central finite
+// (docs/MOE.md "Balance and stability losses"), a few literal hand-computed numbers, gradients against central finite
 // differences of those loops, padding, per-modality losses over an `allowed` split, and no valid tokens.
 // Routings are made by hand (tests/moe/hand_routing.h), not by the router.
 #include <catch2/catch.hpp>
@@ -540,21 +540,21 @@ TEST_CASE("balance loss options read and write JSON", "[unit][moe][balance]") {
   CHECK_FALSE(defaults.any());
   BalanceLossOptions o = all_losses(true, true);
   CHECK(o.any());
-  BalanceLossOptions back = BalanceLossOptions::from_json(o.to_json(), "test");
-  CHECK(back.to_json() == o.to_json());
+  BalanceLossOptions back = read_fields<BalanceLossOptions>(write_fields(o), "test");
+  CHECK(write_fields(back) == write_fields(o));
   CHECK(back.switch_aux == 0.01);
   CHECK(back.per_modality);
   CHECK(back.switch_use_topk);
 
-  BalanceLossOptions partial = BalanceLossOptions::from_json(nlohmann::json{{"z_loss", 0.001}}, "test");
+  BalanceLossOptions partial = read_fields<BalanceLossOptions>(nlohmann::json{{"z_loss", 0.001}}, "test");
   CHECK(partial.z_loss == 0.001);
   CHECK(partial.switch_aux == 0.0);
   CHECK(partial.any());
 
   using Catch::Matchers::Contains;
-  CHECK_THROWS_WITH(BalanceLossOptions::from_json(nlohmann::json{{"z_los", 0.001}}, "mole.json:losses"),
+  CHECK_THROWS_WITH(read_fields<BalanceLossOptions>(nlohmann::json{{"z_los", 0.001}}, "mole.json:losses"),
                     Contains("mole.json:losses") && Contains("z_los"));
-  CHECK_THROWS_WITH(BalanceLossOptions::from_json(nlohmann::json{{"load", -1.0}}, "cfg"), Contains("load"));
-  CHECK_THROWS_AS(BalanceLossOptions::from_json(nlohmann::json{{"load", "a lot"}}, "cfg"), ConfigError);
-  CHECK_THROWS_AS(BalanceLossOptions::from_json(nlohmann::json::array(), "cfg"), ConfigError);
+  CHECK_THROWS_WITH(read_fields<BalanceLossOptions>(nlohmann::json{{"load", -1.0}}, "cfg"), Contains("load"));
+  CHECK_THROWS_AS(read_fields<BalanceLossOptions>(nlohmann::json{{"load", "a lot"}}, "cfg"), ConfigError);
+  CHECK_THROWS_AS(read_fields<BalanceLossOptions>(nlohmann::json::array(), "cfg"), ConfigError);
 }

@@ -19,8 +19,9 @@ std::pair<double, double> train(double switch_aux) {
   const int64_t n = 256, d = 16, out = 8;
   BalanceLossOptions aux;
   aux.switch_aux = switch_aux;
-  auto options = MoleOptions().n_experts(4).top_k(1).rank(4).alpha(4.0).losses(aux).dispatch(Dispatch::kDense);
-  MoleLinear mole(d, out, options, "skewed");
+  auto options =
+      MoleOptions().n_experts(4).routing(RoutingOptions().top_k(1)).rank(4).alpha(4.0).losses(aux).dispatch(Dispatch::kDense);
+  MoleLinear mole(MoleLinearOptions(d, out, options).layer_name("skewed"));
   // Skewed inputs: a large common offset along one direction, and a router that already prefers expert 0 there.
   auto direction = torch::randn({d});
   direction = direction / direction.norm();
@@ -40,10 +41,8 @@ std::pair<double, double> train(double switch_aux) {
   };
   double before = load_cv2();
   for (int step = 0; step < 150; ++step) {
-    std::vector<std::pair<std::string, BalanceLosses>> losses;
-    RoutingContext context;
-    context.losses = &losses;
-    RoutingScope scope(&context);
+    LayerLosses losses;
+    RoutingSinkScope record(RoutingSinks{nullptr, &losses});
     auto loss = torch::mse_loss(mole->delta(x), target);
     loss = loss + sum_over_layers(losses).total;
     opt.zero_grad();

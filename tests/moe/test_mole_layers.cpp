@@ -70,8 +70,8 @@ TEST_CASE("linear-level MoLE equals the per-token formula and dense, sparse and 
     for (bool shared : {false, true}) {
       INFO("top_k " << k << " shared " << shared);
       torch::manual_seed(10 + k);
-      auto options = MoleOptions().n_experts(4).top_k(k).rank(2).alpha(3.0).shared_expert(shared);
-      auto mole = std::make_shared<MoleLinearImpl>(in, out, options, "test");
+      auto options = MoleOptions().n_experts(4).routing(RoutingOptions().top_k(k)).rank(2).alpha(3.0).shared_expert(shared);
+      auto mole = std::make_shared<MoleLinearImpl>(MoleLinearOptions(in, out, options).layer_name("test"));
       randomize(*mole);
       mole->to(torch::kFloat64);
       mole->router->to(torch::kFloat32);  // the router stays float32
@@ -100,9 +100,9 @@ TEST_CASE("linear-level MoLE equals the per-token formula and dense, sparse and 
       std::vector<std::vector<torch::Tensor>> grads;
       auto upstream = torch::randn({n, out}, torch::kFloat64);
       for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
-        INFO("dispatch " << dispatch_name(dispatch));
+        INFO("dispatch " << enum_name(dispatch));
         zero_grads(*mole, x);
-        mole->options.dispatch(dispatch);
+        mole->options.mole().dispatch(dispatch);
         auto y = mole->delta(x);  // routes again: same weights, same routing
         CHECK(max_abs_diff(y, want) < 1e-6);  // float32 gates
         (y * upstream).sum().backward();
@@ -128,8 +128,8 @@ TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and nai
       torch::manual_seed(20 + k);
       LlamaMlp mlp(text);
       mlp->to(torch::kFloat64);
-      auto options = MoleOptions().n_experts(3).top_k(k).rank(2).alpha(2.0).shared_expert(shared);
-      auto ffn = std::make_shared<MoleFfnImpl>(d, f, Activation::kSilu, options, "test.mlp");
+      auto options = MoleOptions().n_experts(3).routing(RoutingOptions().top_k(k)).rank(2).alpha(2.0).shared_expert(shared);
+      auto ffn = std::make_shared<MoleFfnImpl>(MoleFfnOptions(d, f, options).act(Activation::kSilu).layer_name("test.mlp"));
       randomize(*ffn);
       ffn->to(torch::kFloat64);
       ffn->router->to(torch::kFloat32);
@@ -170,9 +170,9 @@ TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and nai
       std::vector<std::vector<torch::Tensor>> grads;
       auto upstream = torch::randn({n, d}, torch::kFloat64);
       for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
-        INFO("dispatch " << dispatch_name(dispatch));
+        INFO("dispatch " << enum_name(dispatch));
         zero_grads(*ffn, x);
-        ffn->options.dispatch(dispatch);
+        ffn->options.mole().dispatch(dispatch);
         auto y = mlp(x);  // the MLP block hands its computation to the adapter
         CHECK(max_abs_diff(y, want) < 1e-6);
         (y * upstream).sum().backward();
@@ -191,20 +191,19 @@ TEST_CASE("MoLE layers read token modality from the routing scope and record sta
   torch::manual_seed(0);
   BalanceLossOptions aux;
   aux.switch_aux = 0.01;
-  auto options = MoleOptions().n_experts(4).top_k(1).rank(2).mode(RoutingMode::kModalityGrouped)
-                     .expert_modality({0, 0, 1, 1})
+  auto options = MoleOptions().n_experts(4).rank(2).routing(
+      RoutingOptions().top_k(1).mode(RoutingMode::kModalityGrouped).expert_modality({0, 0, 1, 1}))
                      .losses(aux);
-  MoleLinear mole(6, 4, options, "layer.q_proj");
+  MoleLinear mole(MoleLinearOptions(6, 4, options).layer_name("layer.q_proj"));
   auto x = torch::randn({2, 5, 6});
   RoutingStats stats;
   std::vector<std::pair<std::string, BalanceLosses>> losses;
   RoutingContext context;
   context.modality = torch::tensor({0, 1, 1, 0, 0, 1, 1, 1, 0, 0}, torch::kInt64);
   context.valid = torch::ones({10}, torch::kBool);
-  context.stats = &stats;
-  context.losses = &losses;
   {
     RoutingScope scope(&context);
+    RoutingSinkScope record(RoutingSinks{&stats, &losses});
     mole->delta(x);
   }
   REQUIRE(losses.size() == 1);
@@ -224,14 +223,13 @@ TEST_CASE("balance losses of all MoLE layers are collected per layer and summed 
   BalanceLossOptions aux;
   aux.switch_aux = 0.5;
   aux.z_loss = 0.1;
-  auto options = MoleOptions().n_experts(4).top_k(2).rank(2).losses(aux);
-  MoleLinear first(6, 6, options, "l0"), second(6, 3, options, "l1");
+  auto options = MoleOptions().n_experts(4).routing(RoutingOptions().top_k(2)).rank(2).losses(aux);
+  MoleLinear first(MoleLinearOptions(6, 6, options).layer_name("l0")),
+      second(MoleLinearOptions(6, 3, options).layer_name("l1"));
   auto x = torch::randn({7, 6});
-  std::vector<std::pair<std::string, BalanceLosses>> losses;
-  RoutingContext context;
-  context.losses = &losses;
+  LayerLosses losses;
   {
-    RoutingScope scope(&context);
+    RoutingSinkScope record(RoutingSinks{nullptr, &losses});
     second->delta(x + first->delta(x));
   }
   REQUIRE(losses.size() == 2);

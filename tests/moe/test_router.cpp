@@ -82,11 +82,10 @@ TEST_CASE("router gating and routing modes equal naive loops, outputs and gradie
                              {Gating::kSoftmaxTopk, true, RoutingMode::kModalityGrouped},
                              {Gating::kTopkSoftmax, false, RoutingMode::kModalityEmbed}};
   for (const auto& c : cases) {
-    INFO("gating " << gating_name(c.gating) << " renormalize " << c.renormalize << " mode "
-                   << routing_mode_name(c.mode));
+    INFO("gating " << enum_name(c.gating) << " renormalize " << c.renormalize << " mode " << enum_name(c.mode));
     torch::manual_seed(3);
-    auto options = RouterOptions(d, e).top_k(k).gating(c.gating).renormalize(c.renormalize).mode(c.mode);
-    if (c.mode == RoutingMode::kModalityGrouped) options.expert_modality({0, 0, 1, -1});  // text 0,1; image 2; shared 3
+    auto options = RouterOptions(d, e, RoutingOptions().top_k(k).gating(c.gating).renormalize(c.renormalize).mode(c.mode));
+    if (c.mode == RoutingMode::kModalityGrouped) options.routing().expert_modality({0, 0, 1, -1});  // text 0,1; image 2; shared 3
     Router router(options);
     router->eval();
     {
@@ -139,7 +138,7 @@ TEST_CASE("top-k ties go to the lower expert index", "[unit][moe][router]") {
 
 TEST_CASE("router runs in float32 under bfloat16 inputs", "[unit][moe][router]") {
   torch::manual_seed(0);
-  Router router(RouterOptions(8, 4).top_k(2));
+  Router router(RouterOptions(8, 4, RoutingOptions().top_k(2)));
   auto x = torch::randn({5, 8}).to(torch::kBFloat16);
   auto r = router->forward(x, torch::zeros({5}, torch::kInt64));
   CHECK(router->weight.scalar_type() == torch::kFloat32);
@@ -151,7 +150,7 @@ TEST_CASE("router runs in float32 under bfloat16 inputs", "[unit][moe][router]")
 
 TEST_CASE("noisy top-k and jitter act in training only", "[unit][moe][router]") {
   torch::manual_seed(0);
-  Router noisy(RouterOptions(6, 4).top_k(1).gating(Gating::kNoisyTopk).jitter(0.1));
+  Router noisy(RouterOptions(6, 4, RoutingOptions().top_k(1).gating(Gating::kNoisyTopk).jitter(0.1)));
   auto x = torch::randn({64, 6});
   auto modality = torch::zeros({64}, torch::kInt64);
   noisy->eval();
@@ -164,8 +163,8 @@ TEST_CASE("noisy top-k and jitter act in training only", "[unit][moe][router]") 
 }
 
 TEST_CASE("modality_grouped refuses groups smaller than top_k and bad modality ids", "[unit][moe][router]") {
-  CHECK_THROWS_WITH(Router(RouterOptions(4, 3).top_k(2).mode(RoutingMode::kModalityGrouped).expert_modality({0, 0, 1})),
+  CHECK_THROWS_WITH(Router(RouterOptions(4, 3, RoutingOptions().top_k(2).mode(RoutingMode::kModalityGrouped).expert_modality({0, 0, 1}))),
                     Catch::Contains("modality 1 may use 1 experts, fewer than top_k = 2"));
-  CHECK_THROWS_WITH(Router(RouterOptions(4, 3).top_k(1).mode(RoutingMode::kModalityGrouped).expert_modality({0, 5, 1})),
+  CHECK_THROWS_WITH(Router(RouterOptions(4, 3, RoutingOptions().top_k(1).mode(RoutingMode::kModalityGrouped).expert_modality({0, 5, 1}))),
                     Catch::Contains("expert_modality[1] = 5"));
 }

@@ -204,7 +204,7 @@ TEST_CASE("routing stats merge equals recording everything in one, and reset for
   merged.merge(second);
   CHECK(merged.layers() == std::vector<std::string>{"l0", "l1", "l2"});
   CHECK(json_close(merged.to_json(), one.to_json()));
-  CHECK(json_close(merged.summary_json(), one.summary_json()));
+  CHECK(json_close(merged.table().summary_json(), one.table().summary_json()));
   CHECK(first.layers() == std::vector<std::string>{"l0", "l1"});
   CHECK_FALSE(first.to_json()["layers"]["l1"].contains("generate"));
 
@@ -230,8 +230,8 @@ TEST_CASE("routing stats merge equals recording everything in one, and reset for
   merged.reset();
   CHECK(merged.layers().empty());
   CHECK(merged.to_json()["layers"].empty());
-  CHECK(merged.summary_json()["layers"] == 0);
-  CHECK(merged.summary() == "no routing recorded");
+  CHECK(merged.table().summary_json()["layers"] == 0);
+  CHECK(merged.table().summary() == "no routing recorded");
   record(merged, "l0", d);  // a layer may come back with another shape after a reset
   CHECK(merged.to_json()["layers"]["l0"]["n_experts"] == 6);
 }
@@ -295,7 +295,7 @@ TEST_CASE("routing stats summary: busiest-expert share, entropy and load CV^2 pe
   for (const auto& [name, batches] : layers)
     for (const auto& b : batches) record(stats, name, b);
 
-  json s = stats.summary_json();
+  json s = stats.table().summary_json();
   CHECK(s["layers"] == 2);
   std::string line;
   for (int64_t m : {0, 1}) {
@@ -327,7 +327,7 @@ TEST_CASE("routing stats summary: busiest-expert share, entropy and load CV^2 pe
                   entropy, cv2);
     line += (line.empty() ? "" : " | ") + std::string(buf);
   }
-  CHECK(stats.summary() == line);
+  CHECK(stats.table().summary() == line);
   // Top-1 routing over 2 allowed experts: the busiest takes at least half, entropy at most log 2.
   CHECK(s["text"]["max_share"].get<double>() >= 0.5);
   CHECK(s["image"]["entropy"].get<double>() <= std::log(2.0) + 1e-12);

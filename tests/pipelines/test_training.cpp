@@ -3,7 +3,9 @@
 // checkpoint loadable and resumable.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -11,14 +13,16 @@
 #include <thread>
 #include <vector>
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "core/json_config.h"
 #include "core/safetensors.h"
 #include "data/shapes.h"
+#include "moe/routing_context.h"
 #include "pipelines/checkpoint.h"
 #include "pipelines/optim.h"
-#include "pipelines/run_model.h"
+#include "model/trained_model.h"
 #include "pipelines/train_config.h"
 #include "pipelines/trainer.h"
 #include "tests/language/tiny_tokenizer.h"
@@ -145,13 +149,14 @@ TEST_CASE("train config: --set overrides, unknown keys refused", "[unit][train]"
   apply_override(j, "data.template=llava_llama_2");
   apply_override(j, "data.train=[\"a.json\",\"b.json\"]");
   TrainConfig c = TrainConfig::from_json(j, "cfg");
-  CHECK(c.lr == 0.5);
-  CHECK(c.adapter["rank"] == 4);
-  CHECK(c.conversation_template == "llava_llama_2");
-  CHECK(c.train_files == std::vector<std::string>{"a.json", "b.json"});
+  CHECK(c.optim.lr == 0.5);
+  REQUIRE(c.model.adapter);
+  CHECK(c.model.adapter->mole.rank() == 4);
+  CHECK(c.data.conversation_template == "llava_llama_2");
+  CHECK(c.data.train == std::vector<std::string>{"a.json", "b.json"});
   CHECK(TrainConfig::from_json(c.to_json(), "again").to_json() == c.to_json());
   apply_override(j, "optim.learning_rate=1");
-  CHECK_THROWS_WITH(TrainConfig::from_json(j, "cfg"), Contains("unknown key 'learning_rate'"));
+  CHECK_THROWS_WITH(TrainConfig::from_json(j, "cfg"), Contains("unknown key 'optim.learning_rate'"));
   CHECK_THROWS_AS(apply_override(j, "noequals"), ConfigError);
 }
 
@@ -199,10 +204,10 @@ TEST_CASE("SIGKILL during a checkpoint write leaves the previous checkpoint load
   config["run"]["save_every"] = 2;
   config["run"]["keep_last"] = 5;
   write_json_file(dir + "/run.json", config);
-  // The checkpoint writer sleeps after its files are written (MOLE_TEST_CHECKPOINT_DELAY_MS), before the folder
-  // is renamed into place: the kill lands inside the write of step 4.
-  const std::string cmd = "MOLE_TEST_CHECKPOINT_DELAY_MS=1500 " + mole::test::mole_bin() + " train --config " + dir +
-                          "/run.json > " + dir + "/log.txt 2>&1 & echo $! > " + dir + "/pid";
+  // A trainer whose checkpoint hook sleeps after the files are written, before the folder is renamed into place
+  // (tests/tools/slow_checkpoint_train.cpp): the kill lands inside the write of step 4.
+  const std::string cmd = mole::test::slow_checkpoint_train_bin() + " " + dir + "/run.json 1500 > " + dir +
+                          "/log.txt 2>&1 & echo $! > " + dir + "/pid";
   REQUIRE(std::system(cmd.c_str()) == 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   std::string pid;
@@ -235,4 +240,33 @@ TEST_CASE("SIGKILL during a checkpoint write leaves the previous checkpoint load
   CHECK_THAT(out, Contains("resumed from"));
   CHECK_THAT(out, Contains("step-0000002"));
   CHECK(fs::exists(checkpoints + "/step-0000004"));
+}
+
+TEST_CASE("a TrainingError thrown mid-run leaves SIGINT handling, autocast and routing sinks as they were",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_guard");
+  json config = finetune_config(dir + "/run");
+  config["optim"]["bf16"] = true;  // autocast on the CPU while the run lasts
+  // What the caller had in place before the run: its own SIGINT handler and routing sinks, autocast off.
+  static std::atomic<int> caller_sigints{0};
+  auto caller_handler = +[](int) { ++caller_sigints; };
+  auto before = std::signal(SIGINT, caller_handler);
+  REQUIRE_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
+  RoutingStats caller_stats;
+  RoutingSinkScope caller_sinks(RoutingSinks{&caller_stats});
+
+  bool autocast_inside = false;
+  TrainHooks hooks;
+  hooks.after_step = [&](int64_t step, Llava&) {
+    autocast_inside = at::autocast::is_autocast_enabled(at::kCPU);
+    if (step == 2) throw TrainingError("stop here");
+  };
+  CHECK_THROWS_WITH(run_training(TrainConfig::from_json(config, "guard"), false, hooks), Contains("stop here"));
+  CHECK(autocast_inside);
+  CHECK_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
+  REQUIRE(RoutingSinkScope::current() != nullptr);
+  CHECK(RoutingSinkScope::current()->stats == &caller_stats);  // the caller's sinks again, not the run's
+  CHECK(caller_stats.layers().empty());                        // and the run recorded nothing into them
+  CHECK(std::signal(SIGINT, before) == caller_handler);       // the caller's handler was back in place
+  CHECK(caller_sigints == 0);
 }

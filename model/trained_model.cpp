@@ -1,0 +1,131 @@
+#include "model/trained_model.h"
+
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "core/json_config.h"
+#include "core/safetensors.h"
+#include "model/adapters.h"
+#include "model/llava_loader.h"
+
+namespace mole {
+
+namespace fs = std::filesystem;
+
+json ModelSpec::to_json() const {
+  return {{"stage", stage},     {"base", base},
+          {"init", init},       {"projector", projector},
+          {"adapter", adapter}, {"tokenizer", tokenizer},
+          {"template", conversation_template}, {"image_processor", image_processor}};
+}
+
+ModelSpec ModelSpec::from_json(const json& j, const std::string& where) {
+  ModelSpec s;
+  s.stage = field_or<std::string>(j, "stage", "", where);
+  s.base = field_or<std::string>(j, "base", "", where);
+  s.init = j.value("init", json());
+  s.projector = field_or<std::string>(j, "projector", "", where);
+  s.adapter = j.value("adapter", json());
+  s.tokenizer = field_or<std::string>(j, "tokenizer", "", where);
+  s.conversation_template = field_or<std::string>(j, "template", s.conversation_template, where);
+  s.image_processor = j.value("image_processor", json());
+  if (s.base.empty() && !s.init.is_object()) throw ConfigError(where + ": needs \"base\" or \"init\"");
+  if (s.tokenizer.empty()) throw ConfigError(where + ": needs \"tokenizer\"");
+  return s;
+}
+
+ImageProcessorConfig image_config_for(const LlavaConfig& config, const json& given, const std::string& dir) {
+  if (given.is_object()) return ImageProcessorConfig::from_json(given, "image_processor");
+  if (!dir.empty() && fs::exists(dir + "/preprocessor_config.json"))
+    return ImageProcessorConfig::from_file(dir + "/preprocessor_config.json");
+  ImageProcessorConfig c;
+  c.shortest_edge = config.vision.image_size;
+  c.crop_height = c.crop_width = config.vision.image_size;
+  return c;
+}
+
+std::string resolve_model_dir(const std::string& path) {
+  if (fs::exists(path + "/final/model.json")) return path + "/final";
+  return path;
+}
+
+TrainedModel build_model(const ModelSpec& spec, torch::Device device) {
+  TrainedModel out;
+  out.spec = spec;
+  LlavaConfig config;
+  if (!spec.base.empty()) {
+    out.model = load_llava(spec.base, torch::kFloat32, device).model;
+    config = out.model->config;
+  } else {
+    config = LlavaConfig::from_json(spec.init, "model init config");
+    out.model = Llava(config);
+    init_llava_for_pretraining(out.model);
+    out.model->to(device);
+    for (auto& p : out.model->parameters()) p.set_requires_grad(false);
+  }
+  if (!spec.projector.empty()) {
+    TensorStore store(spec.projector);
+    torch::NoGradGuard no_grad;
+    for (auto& item : out.model->multi_modal_projector->named_parameters()) {
+      torch::Tensor& p = item.value();
+      const std::string key = "multi_modal_projector." + item.key();
+      if (!store.contains(key)) throw FormatError(spec.projector + ": no tensor " + key);
+      torch::Tensor t = store.tensor(key, p.scalar_type());
+      if (t.sizes() != p.sizes())
+        throw FormatError(spec.projector + ": " + key + " has shape " + c10::str(t.sizes()) + ", the model " +
+                          c10::str(p.sizes()));
+      p.copy_(t);
+    }
+  }
+  if (spec.adapter.is_object()) {
+    AdapterConfig adapter = AdapterConfig::from_json(spec.adapter, "model.json adapter");
+    attach_adapters(out.model, adapter);
+    out.model->to(device);
+  }
+  out.tokenizer = std::make_shared<const Tokenizer>(Tokenizer::load(spec.tokenizer));
+  out.image_config = image_config_for(config, spec.image_processor, spec.base);
+  out.conversation_template = parse_template(spec.conversation_template);
+  return out;
+}
+
+TrainedModel load_trained(const std::string& path, torch::Device device) {
+  const std::string dir = resolve_model_dir(path);
+  if (!fs::exists(dir + "/model.json")) {
+    if (!fs::exists(dir + "/config.json"))
+      throw ConfigError(path + ": not a mole run, checkpoint or llava-hf folder (no model.json or config.json)");
+    ModelSpec spec;
+    spec.stage = "base";
+    spec.base = dir;
+    spec.tokenizer = dir;
+    TrainedModel out = build_model(spec, device);
+    out.source = dir;
+    out.model->eval();
+    return out;
+  }
+  ModelSpec spec = ModelSpec::from_json(read_json_file(dir + "/model.json"), dir + "/model.json");
+  TrainedModel out = build_model(spec, device);
+  const std::string weights = dir + "/trainable.safetensors";
+  TensorStore store(weights);
+  torch::NoGradGuard no_grad;
+  int64_t loaded = 0;
+  for (auto& item : out.model->named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    if (!store.contains(name)) continue;
+    torch::Tensor t = store.tensor(name, p.scalar_type());
+    if (t.sizes() != p.sizes())
+      throw FormatError(weights + ": " + name + " has shape " + c10::str(t.sizes()) + ", the model " +
+                        c10::str(p.sizes()));
+    p.copy_(t.to(p.device()));
+    ++loaded;
+  }
+  if (loaded != int64_t(store.names().size()))
+    throw FormatError(weights + ": " + std::to_string(store.names().size() - size_t(loaded)) +
+                      " tensors match no parameter of the model model.json describes");
+  out.source = dir;
+  out.model->eval();
+  return out;
+}
+
+}  // namespace mole
