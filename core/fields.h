@@ -44,9 +44,19 @@ struct EnumTable {
   std::vector<std::pair<E, std::string>> entries;  // value -> name, in the order shown to users
 };
 
-// Specialised next to each enum: template <> const EnumTable<Gating>& enum_table<Gating>();
+// Specialised next to each enum: declared in its header (template <> const EnumTable<Gating>&
+// enum_table<Gating>();) and defined in its .cpp with MOLE_ENUM_NAMES below.
 template <class E>
 const EnumTable<E>& enum_table();
+
+// Defines enum_table<Enum>() inside namespace mole:
+//   MOLE_ENUM_NAMES(Gating, "gating", {Gating::kTopkSoftmax, "topk_softmax"}, {Gating::kSoftmaxTopk, "softmax_topk"})
+#define MOLE_ENUM_NAMES(Enum, what, ...)                               \
+  template <>                                                          \
+  const ::mole::EnumTable<Enum>& enum_table<Enum>() {                  \
+    static const ::mole::EnumTable<Enum> table{what, {__VA_ARGS__}};   \
+    return table;                                                      \
+  }
 
 template <class E>
 std::string enum_choices() {

@@ -46,19 +46,12 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
 
 void LinearImpl::attach(std::shared_ptr<LinearAdapter> new_adapter) {
   TORCH_CHECK(!merged_, "Linear: unmerge the current adapter before attaching another");
-  if (adapter) {
-    replace_module("adapter", new_adapter);
-  } else {
-    register_module("adapter", new_adapter);
-  }
-  adapter = std::move(new_adapter);
+  attach_adapter(*this, adapter, std::move(new_adapter));
 }
 
 void LinearImpl::detach() {
   TORCH_CHECK(!merged_, "Linear: unmerge the adapter before detaching it");
-  if (!adapter) return;
-  unregister_module("adapter");
-  adapter.reset();
+  detach_adapter(*this, adapter);
 }
 
 void LinearImpl::merge() {

@@ -81,6 +81,21 @@ struct GatedFfnBase {
   Activation act;
 };
 
+// Registers `adapter` as the submodule "adapter" of `owner` (replacing the one in `slot`) and keeps it in `slot`;
+// detach_adapter removes it. Shared by the two hooks (Linear and the gated FFN block).
+template <class Adapter>
+void attach_adapter(torch::nn::Module& owner, std::shared_ptr<Adapter>& slot, std::shared_ptr<Adapter> adapter) {
+  if (slot) owner.replace_module("adapter", adapter);
+  else owner.register_module("adapter", adapter);
+  slot = std::move(adapter);
+}
+template <class Adapter>
+void detach_adapter(torch::nn::Module& owner, std::shared_ptr<Adapter>& slot) {
+  if (!slot) return;
+  owner.unregister_module("adapter");
+  slot.reset();
+}
+
 // An adapter that replaces a whole gated FFN block's computation (FFN-level MoLE: one router per block).
 // Attached with the block's attach(), registered as its submodule "adapter". x (..., D) -> (..., D).
 class FfnAdapter : public torch::nn::Module {

@@ -102,19 +102,10 @@ torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
 }
 
 void LlamaMlpImpl::attach(std::shared_ptr<FfnAdapter> new_adapter) {
-  if (adapter) {
-    replace_module("adapter", new_adapter);
-  } else {
-    register_module("adapter", new_adapter);
-  }
-  adapter = std::move(new_adapter);
+  attach_adapter(*this, adapter, std::move(new_adapter));
 }
 
-void LlamaMlpImpl::detach() {
-  if (!adapter) return;
-  unregister_module("adapter");
-  adapter.reset();
-}
+void LlamaMlpImpl::detach() { detach_adapter(*this, adapter); }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextConfig& config) {
   self_attn = register_module("self_attn", LlamaAttention(config));

@@ -44,27 +44,12 @@ std::string last_name(const std::string& module) { return module.substr(module.r
 
 }  // namespace
 
-template <>
-const EnumTable<AdapterKind>& enum_table<AdapterKind>() {
-  static const EnumTable<AdapterKind> table{"adapter kind",
-                                            {{AdapterKind::kLora, "lora"}, {AdapterKind::kMole, "mole"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(AdapterKind, "adapter kind", {AdapterKind::kLora, "lora"}, {AdapterKind::kMole, "mole"})
 
-template <>
-const EnumTable<Granularity>& enum_table<Granularity>() {
-  static const EnumTable<Granularity> table{"granularity",
-                                            {{Granularity::kFfn, "ffn"}, {Granularity::kLinear, "linear"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Granularity, "granularity", {Granularity::kFfn, "ffn"}, {Granularity::kLinear, "linear"})
 
-template <>
-const EnumTable<ModelPart>& enum_table<ModelPart>() {
-  static const EnumTable<ModelPart> table{
-      "part",
-      {{ModelPart::kLanguage, "language"}, {ModelPart::kVision, "vision"}, {ModelPart::kProjector, "projector"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(ModelPart, "part", {ModelPart::kLanguage, "language"}, {ModelPart::kVision, "vision"},
+                {ModelPart::kProjector, "projector"})
 
 void AdapterConfig::validate(const FieldPath& at) const {
   if (format != "mole") at.fail("format", "is '" + format + "', expected 'mole' (a PEFT adapter has peft_type)");
@@ -141,8 +126,7 @@ std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& 
       linear->attach(adapter);
       attached.push_back({name, "mole_linear"});
     } else if (config.kind == AdapterKind::kLora || config.lora_elsewhere) {
-      auto adapter = std::make_shared<LoraImpl>(
-          LoraOptions(in, out).rank(mole.rank()).alpha(mole.alpha()).dropout(mole.dropout()).rslora(mole.rslora()));
+      auto adapter = std::make_shared<LoraImpl>(lora_options(in, out, mole));
       adapter->to(device);
       linear->attach(adapter);
       attached.push_back({name, "lora"});

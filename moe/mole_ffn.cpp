@@ -23,12 +23,9 @@ void MoleFfnImpl::reset() {
   down_B = register_parameter("down_B", torch::empty({e, d, r}));
   dropout = register_module("dropout", torch::nn::Dropout(mole.dropout()));
   if (mole.shared_expert()) {
-    auto lora = [&](int64_t in, int64_t out) {
-      return Lora(LoraOptions(in, out).rank(r).alpha(mole.alpha()).dropout(mole.dropout()).rslora(mole.rslora()));
-    };
-    shared_gate = register_module("shared_gate", lora(d, f));
-    shared_up = register_module("shared_up", lora(d, f));
-    shared_down = register_module("shared_down", lora(f, d));
+    shared_gate = register_module("shared_gate", Lora(lora_options(d, f, mole)));
+    shared_up = register_module("shared_up", Lora(lora_options(d, f, mole)));
+    shared_down = register_module("shared_down", Lora(lora_options(f, d, mole)));
   }
   if (!NoInitGuard::active()) reset_parameters();
 }

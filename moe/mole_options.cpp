@@ -8,18 +8,20 @@
 
 namespace mole {
 
-template <>
-const EnumTable<Dispatch>& enum_table<Dispatch>() {
-  static const EnumTable<Dispatch> table{"dispatch", {{Dispatch::kAuto, "auto"},
-                                                      {Dispatch::kDense, "dense"},
-                                                      {Dispatch::kSparse, "sparse"},
-                                                      {Dispatch::kNaive, "naive"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Dispatch, "dispatch", {Dispatch::kAuto, "auto"}, {Dispatch::kDense, "dense"},
+                {Dispatch::kSparse, "sparse"}, {Dispatch::kNaive, "naive"})
 
 Dispatch resolve_dispatch(Dispatch requested, int64_t n_experts, int64_t expert_width) {
   if (requested != Dispatch::kAuto) return requested;
   return n_experts * expert_width <= kDenseMaxColumns ? Dispatch::kDense : Dispatch::kSparse;
+}
+
+LoraOptions lora_options(int64_t in_features, int64_t out_features, const MoleOptions& options) {
+  return LoraOptions(in_features, out_features)
+      .rank(options.rank())
+      .alpha(options.alpha())
+      .dropout(options.dropout())
+      .rslora(options.rslora());
 }
 
 void MoleOptions::validate(const FieldPath& at) const {

@@ -10,6 +10,7 @@
 
 #include "core/fields.h"
 #include "moe/balance.h"
+#include "moe/lora.h"
 #include "moe/router.h"
 
 namespace mole {
@@ -59,6 +60,10 @@ struct MoleOptions {
   }
   void validate(const FieldPath& at) const;  // counts >= 1, top_k <= n_experts, dropout and jitter in [0, 1)
 };
+
+// A plain LoRA (in -> out) with these options' rank, alpha, dropout and scaling: the shared expert, and plain
+// LoRA beside MoLE layers.
+LoraOptions lora_options(int64_t in_features, int64_t out_features, const MoleOptions& options);
 
 class RouterImpl;
 

@@ -10,22 +10,11 @@
 
 namespace mole {
 
-template <>
-const EnumTable<Gating>& enum_table<Gating>() {
-  static const EnumTable<Gating> table{
-      "gating", {{Gating::kTopkSoftmax, "topk_softmax"}, {Gating::kSoftmaxTopk, "softmax_topk"},
-                 {Gating::kNoisyTopk, "noisy_topk"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Gating, "gating", {Gating::kTopkSoftmax, "topk_softmax"}, {Gating::kSoftmaxTopk, "softmax_topk"},
+                {Gating::kNoisyTopk, "noisy_topk"})
 
-template <>
-const EnumTable<RoutingMode>& enum_table<RoutingMode>() {
-  static const EnumTable<RoutingMode> table{"routing mode",
-                                            {{RoutingMode::kLearned, "learned"},
-                                             {RoutingMode::kModalityGrouped, "modality_grouped"},
-                                             {RoutingMode::kModalityEmbed, "modality_embed"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(RoutingMode, "routing mode", {RoutingMode::kLearned, "learned"},
+                {RoutingMode::kModalityGrouped, "modality_grouped"}, {RoutingMode::kModalityEmbed, "modality_embed"})
 
 RouterImpl::RouterImpl(const RouterOptions& options_) : options(options_) { reset(); }
 

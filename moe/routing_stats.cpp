@@ -144,12 +144,8 @@ void RoutingCell::add(const RoutingCell& other) {
   tokens = ta + tb;
 }
 
-template <>
-const EnumTable<PhaseView>& enum_table<PhaseView>() {
-  static const EnumTable<PhaseView> table{
-      "phase", {{PhaseView::kPrefill, "prefill"}, {PhaseView::kGenerate, "generate"}, {PhaseView::kBoth, "both"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(PhaseView, "phase", {PhaseView::kPrefill, "prefill"}, {PhaseView::kGenerate, "generate"},
+                {PhaseView::kBoth, "both"})
 
 std::map<std::string, RoutingCell> LayerRouting::cells(PhaseView view) const {
   if (view == PhaseView::kPrefill) return phase_cells[0];

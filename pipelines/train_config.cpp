@@ -5,29 +5,13 @@
 
 namespace mole {
 
-template <>
-const EnumTable<Stage>& enum_table<Stage>() {
-  static const EnumTable<Stage> table{
-      "stage", {{Stage::kPretrain, "pretrain"}, {Stage::kAlign, "align"}, {Stage::kFinetune, "finetune"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Stage, "stage", {Stage::kPretrain, "pretrain"}, {Stage::kAlign, "align"},
+                {Stage::kFinetune, "finetune"})
 
-template <>
-const EnumTable<Bf16Mode>& enum_table<Bf16Mode>() {
-  static const EnumTable<Bf16Mode> table{
-      "bf16 mode", {{Bf16Mode::kAuto, "auto"}, {Bf16Mode::kOn, "true"}, {Bf16Mode::kOff, "false"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Bf16Mode, "bf16 mode", {Bf16Mode::kAuto, "auto"}, {Bf16Mode::kOn, "true"}, {Bf16Mode::kOff, "false"})
 
-template <>
-const EnumTable<ProgressMode>& enum_table<ProgressMode>() {
-  static const EnumTable<ProgressMode> table{"progress mode",
-                                             {{ProgressMode::kAuto, "auto"},
-                                              {ProgressMode::kBar, "bar"},
-                                              {ProgressMode::kLines, "lines"},
-                                              {ProgressMode::kOff, "off"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(ProgressMode, "progress mode", {ProgressMode::kAuto, "auto"}, {ProgressMode::kBar, "bar"},
+                {ProgressMode::kLines, "lines"}, {ProgressMode::kOff, "off"})
 
 void TrainConfig::validate(const FieldPath& at) const {
   if (out_dir.empty()) at.fail("out", "is required (the run folder)");

@@ -180,6 +180,14 @@ inline cv::Mat drawn_for(const std::string& path, Draw draw) {
   }
 }
 
+// Draws with draw(&geometry) into a PNG at path; returns where things were put.
+template <typename Geometry, typename Draw>
+Geometry plot_with_geometry(const std::string& path, Draw draw) {
+  Geometry geometry;
+  write_png(path, drawn_for(path, [&] { return draw(&geometry); }));
+  return geometry;
+}
+
 // Labels along a row of slots of width `slot` starting at x0: every k-th, so that the labels do not overlap.
 inline void draw_slot_labels(cv::Mat& img, const std::vector<std::string>& names, int x0, int slot, int y, int max_w) {
   int w = std::min(max_text_width(names, kSmall), max_w) + 6;

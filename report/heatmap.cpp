@@ -113,9 +113,7 @@ cv::Mat draw_heatmap(const Heatmap& h, HeatmapGeometry* geometry) {
 }
 
 HeatmapGeometry plot_heatmap(const std::string& path, const Heatmap& h) {
-  HeatmapGeometry g;
-  write_png(path, drawn_for(path, [&] { return draw_heatmap(h, &g); }));
-  return g;
+  return plot_with_geometry<HeatmapGeometry>(path, [&](HeatmapGeometry* g) { return draw_heatmap(h, g); });
 }
 
 }  // namespace mole

@@ -77,9 +77,8 @@ cv::Mat draw_patch_overlay(const PatchOverlay& p, PatchOverlayGeometry* geometry
 }
 
 PatchOverlayGeometry plot_patch_overlay(const std::string& path, const PatchOverlay& p) {
-  PatchOverlayGeometry g;
-  write_png(path, drawn_for(path, [&] { return draw_patch_overlay(p, &g); }));
-  return g;
+  return plot_with_geometry<PatchOverlayGeometry>(path,
+                                                  [&](PatchOverlayGeometry* g) { return draw_patch_overlay(p, g); });
 }
 
 }  // namespace mole

@@ -34,15 +34,13 @@ struct Flat {
   }
 };
 
-struct Outer {
+// Scalars and lists, nested in Outer (two levels of dotted keys).
+struct Values {
   int64_t count = 3;
   std::string name = "x";
   Colour colour = Colour::kRed;
   std::vector<int64_t> ids;
   std::vector<std::string> files;
-  std::optional<Inner> maybe;
-  Inner inner;
-  Flat flat;
   template <class Self, class V>
   static void fields(Self& self, V& v) {
     v("count", self.count, "an integer");
@@ -50,8 +48,19 @@ struct Outer {
     v("colour", self.colour, "an enum");
     v("ids", self.ids, "a list");
     v("files", self.files, "a list of strings");
+  }
+};
+
+struct Outer {
+  Values values;
+  std::optional<Inner> maybe;
+  Inner inner;
+  Flat flat;
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("values", self.values, "a nested struct of scalars and lists");
     v("maybe", self.maybe, "an optional struct");
-    v("inner", self.inner, "a nested struct");
+    v("inner", self.inner, "a nested struct with a validate()");
     Flat::fields(self.flat, v);
   }
 };
@@ -59,34 +68,32 @@ struct Outer {
 }  // namespace
 
 namespace mole {
-template <>
-const EnumTable<Colour>& enum_table<Colour>() {
-  static const EnumTable<Colour> table{"colour", {{Colour::kRed, "red"}, {Colour::kGreen, "green"}}};
-  return table;
-}
+MOLE_ENUM_NAMES(Colour, "colour", {Colour::kRed, "red"}, {Colour::kGreen, "green"})
 }  // namespace mole
 
 TEST_CASE("field lists read, write and document a struct from one list", "[unit][fields]") {
   Outer defaults = read_fields<Outer>(json::object(), "f.json");
-  CHECK(defaults.count == 3);
-  CHECK(defaults.colour == Colour::kRed);
+  CHECK(defaults.values.count == 3);
+  CHECK(defaults.values.colour == Colour::kRed);
   CHECK_FALSE(defaults.maybe);
 
-  json j = {{"count", 7},    {"colour", "green"}, {"ids", {1, 2}}, {"files", "one.json"},
-            {"maybe", {{"weight", 2.0}}}, {"inner", {{"weight", 1.5}}}, {"on", true}};
+  json j = {{"values", {{"count", 7}, {"colour", "green"}, {"ids", {1, 2}}, {"files", "one.json"}}},
+            {"maybe", {{"weight", 2.0}}},
+            {"inner", {{"weight", 1.5}}},
+            {"on", true}};
   Outer o = read_fields<Outer>(j, "f.json");
-  CHECK(o.count == 7);
-  CHECK(o.name == "x");
-  CHECK(o.colour == Colour::kGreen);
-  CHECK(o.ids == std::vector<int64_t>{1, 2});
-  CHECK(o.files == std::vector<std::string>{"one.json"});  // a lone string is a list of one
+  CHECK(o.values.count == 7);
+  CHECK(o.values.name == "x");
+  CHECK(o.values.colour == Colour::kGreen);
+  CHECK(o.values.ids == std::vector<int64_t>{1, 2});
+  CHECK(o.values.files == std::vector<std::string>{"one.json"});  // a lone string is a list of one
   REQUIRE(o.maybe);
   CHECK(o.maybe->weight == 2.0);
   CHECK(o.inner.weight == 1.5);
   CHECK(o.flat.on);
 
   json written = write_fields(o);
-  CHECK(written["colour"] == "green");
+  CHECK(written["values"]["colour"] == "green");
   CHECK(written["on"] == true);  // the inline struct's field sits in the outer object
   CHECK(written["inner"]["weight"] == 1.5);
   CHECK(write_fields(read_fields<Outer>(written, "again")) == written);
@@ -94,10 +101,10 @@ TEST_CASE("field lists read, write and document a struct from one list", "[unit]
   auto docs = describe_fields<Outer>();
   std::vector<std::string> keys;
   for (const auto& d : docs) keys.push_back(d.key);
-  CHECK(keys == std::vector<std::string>{"count", "name", "colour", "ids", "files", "maybe", "maybe.weight", "inner",
-                                         "inner.weight", "on"});
-  CHECK(docs[2].type == "red, green");
-  CHECK(docs[0].fallback == 3);
+  CHECK(keys == std::vector<std::string>{"values", "values.count", "values.name", "values.colour", "values.ids",
+                                         "values.files", "maybe", "maybe.weight", "inner", "inner.weight", "on"});
+  CHECK(docs[3].type == "red, green");
+  CHECK(docs[1].fallback == 3);
   CHECK_THAT(fields_help(docs), Contains("inner.weight") && Contains("a nested struct"));
 }
 
@@ -112,11 +119,13 @@ TEST_CASE("field lists refuse unknown keys, wrong types and bad values, naming t
   };
   CHECK(error({{"inner", {{"wieght", 1.0}}}}) ==
         "f.json: unknown key 'inner.wieght' (did you mean 'inner.weight'?)");
-  CHECK_THAT(error({{"cuont", 1}}), Contains("'count'"));
-  CHECK_THAT(error({{"count", 1.5}}), Contains("f.json: count: expected an integer, got number 1.5"));
-  CHECK_THAT(error({{"count", "3"}}), Contains("count: expected an integer"));
-  CHECK_THAT(error({{"colour", "blue"}}), Contains("colour") && Contains("unknown colour 'blue' (red, green)"));
-  CHECK_THAT(error({{"ids", {1, "two"}}}), Contains("ids[1]: expected an integer"));
+  CHECK_THAT(error({{"values", {{"cuont", 1}}}}), Contains("'values.cuont'") && Contains("'values.count'"));
+  CHECK_THAT(error({{"values", {{"count", 1.5}}}}),
+             Contains("f.json: values.count: expected an integer, got number 1.5"));
+  CHECK_THAT(error({{"values", {{"count", "3"}}}}), Contains("values.count: expected an integer"));
+  CHECK_THAT(error({{"values", {{"colour", "blue"}}}}),
+             Contains("values.colour") && Contains("unknown colour 'blue' (red, green)"));
+  CHECK_THAT(error({{"values", {{"ids", {1, "two"}}}}}), Contains("values.ids[1]: expected an integer"));
   CHECK_THAT(error({{"inner", 3}}), Contains("f.json: inner: expected an object"));
   CHECK_THAT(error({{"inner", {{"weight", -1.0}}}}), Contains("f.json: inner.weight: must be >= 0"));
   CHECK_THAT(error({{"maybe", {{"weight", -1.0}}}}), Contains("maybe.weight: must be >= 0"));

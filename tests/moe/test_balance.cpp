@@ -17,11 +17,7 @@
 #include "tests/test_util.h"
 
 using namespace mole;
-using mole::test::bools;
-using mole::test::hand_from;
-using mole::test::hand_routing;
-using mole::test::HandRouting;
-using mole::test::random_normal;
+using namespace mole::test;  // hand-made routings (tests/moe/hand_routing.h)
 
 namespace {
 

@@ -39,6 +39,28 @@ void zero_grads(torch::nn::Module& module, torch::Tensor& x) {
   if (x.grad().defined()) x.mutable_grad().zero_();
 }
 
+// Naive, dense and sparse dispatch (set into `options`) each give `want` from run(x), and the same gradients of x
+// and of every parameter of `module` for a random upstream gradient.
+template <typename Run>
+void check_dispatches(torch::nn::Module& module, MoleOptions& options, torch::Tensor& x, const torch::Tensor& want,
+                      Run run) {
+  std::vector<std::vector<torch::Tensor>> grads;
+  auto upstream = torch::randn(want.sizes(), torch::kFloat64);
+  for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
+    INFO("dispatch " << enum_name(dispatch));
+    zero_grads(module, x);
+    options.dispatch(dispatch);
+    auto y = run(x);
+    CHECK(max_abs_diff(y, want) < 1e-6);  // float32 gates
+    (y * upstream).sum().backward();
+    grads.push_back(grads_of(module, x));
+  }
+  for (size_t i = 1; i < grads.size(); ++i) {
+    REQUIRE(grads[i].size() == grads[0].size());
+    for (size_t j = 0; j < grads[0].size(); ++j) CHECK(max_abs_diff(grads[i][j], grads[0][j]) < 1e-9);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("LoRA: s * B A x, rsLoRA scale, merge and unmerge", "[unit][moe][lora]") {
@@ -97,21 +119,8 @@ TEST_CASE("linear-level MoLE equals the per-token formula and dense, sparse and 
       }
       auto want = torch::stack(rows).detach();
 
-      std::vector<std::vector<torch::Tensor>> grads;
-      auto upstream = torch::randn({n, out}, torch::kFloat64);
-      for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
-        INFO("dispatch " << enum_name(dispatch));
-        zero_grads(*mole, x);
-        mole->options.mole().dispatch(dispatch);
-        auto y = mole->delta(x);  // routes again: same weights, same routing
-        CHECK(max_abs_diff(y, want) < 1e-6);  // float32 gates
-        (y * upstream).sum().backward();
-        grads.push_back(grads_of(*mole, x));
-      }
-      for (size_t i = 1; i < grads.size(); ++i) {
-        REQUIRE(grads[i].size() == grads[0].size());
-        for (size_t j = 0; j < grads[0].size(); ++j) CHECK(max_abs_diff(grads[i][j], grads[0][j]) < 1e-9);
-      }
+      // routes again on each call: same weights, same routing
+      check_dispatches(*mole, mole->options.mole(), x, want, [&](const torch::Tensor& in) { return mole->delta(in); });
     }
   }
 }
@@ -167,21 +176,8 @@ TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and nai
       }
       auto want = torch::stack(rows).detach();
 
-      std::vector<std::vector<torch::Tensor>> grads;
-      auto upstream = torch::randn({n, d}, torch::kFloat64);
-      for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
-        INFO("dispatch " << enum_name(dispatch));
-        zero_grads(*ffn, x);
-        ffn->options.mole().dispatch(dispatch);
-        auto y = mlp(x);  // the MLP block hands its computation to the adapter
-        CHECK(max_abs_diff(y, want) < 1e-6);
-        (y * upstream).sum().backward();
-        grads.push_back(grads_of(*ffn, x));
-      }
-      for (size_t i = 1; i < grads.size(); ++i) {
-        REQUIRE(grads[i].size() == grads[0].size());
-        for (size_t j = 0; j < grads[0].size(); ++j) CHECK(max_abs_diff(grads[i][j], grads[0][j]) < 1e-9);
-      }
+      // the MLP block hands its computation to the adapter
+      check_dispatches(*ffn, ffn->options.mole(), x, want, [&](const torch::Tensor& in) { return mlp(in); });
     }
   }
 }

@@ -15,11 +15,7 @@
 #include "tests/moe/hand_routing.h"
 
 using namespace mole;
-using mole::test::bools;
-using mole::test::hand_from;
-using mole::test::hand_routing;
-using mole::test::HandRouting;
-using mole::test::random_normal;
+using namespace mole::test;  // hand-made routings (tests/moe/hand_routing.h)
 using json = nlohmann::json;
 
 namespace {

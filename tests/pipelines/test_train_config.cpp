@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <string>
+#include <vector>
 
 #include "core/json_config.h"
 #include "pipelines/train_config.h"
@@ -32,54 +33,42 @@ std::string error_of(const json& j) {
 
 }  // namespace
 
-TEST_CASE("train config: a typo at any depth names the dotted key and the nearest known one", "[unit][train]") {
-  struct Typo {
-    const char* assignment;
-    const char* key;
-    const char* nearest;
-  };
-  for (const Typo& t : {Typo{"model.adapter.rnak=4", "model.adapter.rnak", "model.adapter.rank"},
-                        Typo{"model.adapter.n_expert=8", "model.adapter.n_expert", "model.adapter.n_experts"},
-                        Typo{"model.adapter.losses.swich_aux=0.01", "model.adapter.losses.swich_aux",
-                             "model.adapter.losses.switch_aux"},
-                        Typo{"optim.lrr=1e-3", "optim.lrr", "optim.lr"},
-                        Typo{"data.batchsize=8", "data.batchsize", "data.batch_size"},
-                        Typo{"run.sead=1", "run.sead", "run.seed"},
-                        Typo{"stag=align", "stag", "stage"}}) {
-    INFO(t.assignment);
-    json j = minimal_finetune();
-    apply_override(j, t.assignment);
-    const std::string message = error_of(j);
-    CHECK_THAT(message, Contains("run.json") && Contains(std::string("unknown key '") + t.key + "'") &&
-                            Contains(std::string("did you mean '") + t.nearest + "'"));
-  }
-  // far from every known name: the known names of that level are listed instead
-  json j = minimal_finetune();
-  apply_override(j, "optim.zzzzzzzzzz=1");
-  CHECK_THAT(error_of(j), Contains("unknown key 'optim.zzzzzzzzzz'") && Contains("known here:") &&
-                              Contains("grad_accum"));
-}
+// One bad assignment and what the error must say, besides the file name.
+struct BadSetting {
+  const char* assignment;
+  std::vector<std::string> says;
+};
 
-TEST_CASE("train config: wrong types and values name the dotted key", "[unit][train]") {
+TEST_CASE("train config: a typo at any depth names the dotted key and the nearest known one", "[unit][train]") {
+  const std::vector<BadSetting> typos = {
+      {"model.adapter.rnak=4", {"unknown key 'model.adapter.rnak'", "did you mean 'model.adapter.rank'"}},
+      {"model.adapter.n_expert=8", {"unknown key 'model.adapter.n_expert'", "did you mean 'model.adapter.n_experts'"}},
+      {"model.adapter.losses.swich_aux=0.01",
+       {"unknown key 'model.adapter.losses.swich_aux'", "did you mean 'model.adapter.losses.switch_aux'"}},
+      {"optim.lrr=1e-3", {"unknown key 'optim.lrr'", "did you mean 'optim.lr'"}},
+      {"data.batchsize=8", {"unknown key 'data.batchsize'", "did you mean 'data.batch_size'"}},
+      {"run.sead=1", {"unknown key 'run.sead'", "did you mean 'run.seed'"}},
+      {"stag=align", {"unknown key 'stag'", "did you mean 'stage'"}},
+      // far from every known name: the names known at that level are listed instead
+      {"optim.zzzzzzzzzz=1", {"unknown key 'optim.zzzzzzzzzz'", "known here:", "grad_accum"}}};
+  // wrong types and values name the dotted key too
+  const std::vector<BadSetting> values = {
+      {"data.batch_size=2.9", {"data.batch_size", "an integer"}},  // not truncated to 2
+      {"model.adapter.gating=top1", {"model.adapter.gating", "topk_softmax"}},
+      {"model.adapter.top_k=9", {"model.adapter.top_k", "1..n_experts"}},
+      {"model.adapter.losses.load=-1", {"model.adapter.losses.load", ">= 0"}},
+      {"stage=distill", {"stage", "pretrain, align, finetune"}},
+      {"model.adapter.target_regex=(", {"model.adapter.target_regex", "regular expression"}}};
+  for (const auto* list : {&typos, &values})
+    for (const BadSetting& bad : *list) {
+      INFO(bad.assignment);
+      json j = minimal_finetune();
+      apply_override(j, bad.assignment);
+      const std::string message = error_of(j);
+      CHECK_THAT(message, Contains("run.json"));
+      for (const std::string& part : bad.says) CHECK_THAT(message, Contains(part));
+    }
   json j = minimal_finetune();
-  apply_override(j, "data.batch_size=2.9");  // a float where an integer belongs is not truncated
-  CHECK_THAT(error_of(j), Contains("data.batch_size") && Contains("an integer"));
-  j = minimal_finetune();
-  apply_override(j, "model.adapter.gating=top1");
-  CHECK_THAT(error_of(j), Contains("model.adapter.gating") && Contains("topk_softmax"));
-  j = minimal_finetune();
-  apply_override(j, "model.adapter.top_k=9");
-  CHECK_THAT(error_of(j), Contains("model.adapter.top_k") && Contains("1..n_experts"));
-  j = minimal_finetune();
-  apply_override(j, "model.adapter.losses.load=-1");
-  CHECK_THAT(error_of(j), Contains("model.adapter.losses.load") && Contains(">= 0"));
-  j = minimal_finetune();
-  apply_override(j, "stage=distill");
-  CHECK_THAT(error_of(j), Contains("stage") && Contains("pretrain, align, finetune"));
-  j = minimal_finetune();
-  apply_override(j, "model.adapter.target_regex=(");
-  CHECK_THAT(error_of(j), Contains("model.adapter.target_regex") && Contains("regular expression"));
-  j = minimal_finetune();
   apply_override(j, "optim.bf16=false");  // a bool names the "false" member of the bf16 choices
   CHECK(TrainConfig::from_json(j, "run.json").optim.bf16 == Bf16Mode::kOff);
 }
