@@ -7,6 +7,7 @@
 namespace mole {
 
 json read_json_file(const std::string& path) {
+  if (std::filesystem::is_directory(path)) throw ConfigError(path + ": is a folder, not a JSON file");
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open (missing or unreadable)");
   try {

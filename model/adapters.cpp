@@ -107,10 +107,9 @@ std::vector<AttachedAdapter> attach_adapters(Llava& model, const AdapterConfig& 
       bool any = false;
       for (const char* proj : {".gate_proj", ".up_proj", ".down_proj"}) any = any || selected(name + proj);
       if (!any || !mole_here(name)) continue;
-      auto adapter = std::make_shared<MoleFfnImpl>(MoleFfnOptions(mlp->config.hidden_size,
-                                                                  mlp->config.intermediate_size, mole)
-                                                       .act(mlp->config.hidden_act)
-                                                       .layer_name(name));
+      // the activation comes with the block's frozen projections (GatedFfnBase) at every forward
+      auto adapter = std::make_shared<MoleFfnImpl>(
+          MoleFfnOptions(mlp->config.hidden_size, mlp->config.intermediate_size, mole).layer_name(name));
       adapter->to(device);
       mlp->attach(adapter);
       attached.push_back({name, "mole_ffn"});

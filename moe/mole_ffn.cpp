@@ -49,7 +49,7 @@ torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, const GatedFfnBase& b
                                    Dispatch dispatch) {
   const int64_t n = x.size(0), e = options.mole().n_experts(), r = options.mole().rank();
   const int64_t hidden = options.hidden(), ffn = options.ffn();
-  const Activation act = base.act;
+  const Activation act = base.act;  // the block's own (SwiGLU: silu)
   auto dtype = gate_A.scalar_type();
   double s = scale();
   auto x_adapter = dropout(x).to(dtype);  // (N, D) what the LoRA deltas see

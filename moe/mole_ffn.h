@@ -17,7 +17,6 @@
 
 #include <torch/nn/modules/dropout.h>
 
-#include "core/activation.h"
 #include "core/linear.h"
 #include "moe/lora.h"
 #include "moe/mole_options.h"
@@ -31,8 +30,6 @@ struct MoleFfnOptions {
   TORCH_ARG(int64_t, hidden);
   TORCH_ARG(int64_t, ffn);
   TORCH_ARG(MoleOptions, mole);
-  /// The block's activation (SwiGLU: silu).
-  TORCH_ARG(Activation, act) = Activation::kSilu;
   /// The name statistics and losses are recorded under, e.g. language_model.model.layers.3.mlp.
   TORCH_ARG(std::string, layer_name) = "";
 };

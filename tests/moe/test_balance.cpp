@@ -61,28 +61,31 @@ double ref_switch_aux(const HandRouting& h, const Selection& mask, const Selecti
   return n * sum;  // N * sum_i f_i * P_i
 }
 
+// CV^2 over the selected experts of value(i).
+template <typename Value>
+double ref_cv_over_experts(const HandRouting& h, const Selection& experts, Value value) {
+  std::vector<double> values;
+  for (int64_t i = 0; i < h.e; ++i)
+    if (selected(experts, i)) values.push_back(value(i));
+  return ref_cv_squared(values);
+}
+
 double ref_importance(const HandRouting& h, const Selection& mask, const Selection& experts) {
-  std::vector<double> importance;
-  for (int64_t i = 0; i < h.e; ++i) {
-    if (!selected(experts, i)) continue;
+  return ref_cv_over_experts(h, experts, [&](int64_t i) {  // Importance_i = sum_t gates_ti
     double sum = 0;
     for (int64_t t = 0; t < h.n; ++t)
       if (selected(mask, t)) sum += h.gate(t, i);
-    importance.push_back(sum);
-  }
-  return ref_cv_squared(importance);
+    return sum;
+  });
 }
 
 double ref_load(const HandRouting& h, const Selection& mask, const Selection& experts) {
-  std::vector<double> counts;
-  for (int64_t i = 0; i < h.e; ++i) {
-    if (!selected(experts, i)) continue;
+  return ref_cv_over_experts(h, experts, [&](int64_t i) {  // tokens with i among their top-k
     double c = 0;
     for (int64_t t = 0; t < h.n; ++t)
       for (int64_t s = 0; s < h.k; ++s) c += selected(mask, t) && h.index(t, s) == i ? 1 : 0;
-    counts.push_back(c);
-  }
-  return ref_cv_squared(counts);
+    return c;
+  });
 }
 
 double ref_z_loss(const HandRouting& h, const Selection& mask, const Selection& experts) {

@@ -138,7 +138,7 @@ TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and nai
       LlamaMlp mlp(text);
       mlp->to(torch::kFloat64);
       auto options = MoleOptions().n_experts(3).routing(RoutingOptions().top_k(k)).rank(2).alpha(2.0).shared_expert(shared);
-      auto ffn = std::make_shared<MoleFfnImpl>(MoleFfnOptions(d, f, options).act(Activation::kSilu).layer_name("test.mlp"));
+      auto ffn = std::make_shared<MoleFfnImpl>(MoleFfnOptions(d, f, options).layer_name("test.mlp"));
       randomize(*ffn);
       ffn->to(torch::kFloat64);
       ffn->router->to(torch::kFloat32);
