@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/vqa_data.h"
-#include "moe/routing_stats.h"
 #include "model/trained_model.h"
+#include "moe/routing_stats.h"
 
 namespace mole {
 

@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/vqa_data.h"
-#include "report/route_report.h"
 #include "model/trained_model.h"
+#include "report/route_report.h"
 
 namespace mole {
 

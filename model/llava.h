@@ -16,8 +16,8 @@
 #include <torch/nn/module.h>
 
 #include "language/generate.h"
-#include "moe/routing_context.h"
 #include "language/llama_decoder.h"
+#include "moe/routing_context.h"
 #include "vision/clip_vit.h"
 #include "vision/projector.h"
 

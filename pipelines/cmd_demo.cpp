@@ -19,14 +19,14 @@
 
 #include "core/json_config.h"
 #include "data/shapes.h"
-#include "language/tokenizer.h"
 #include "eval/answer.h"
+#include "eval/routes.h"
+#include "language/tokenizer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
+#include "pipelines/trainer.h"
 #include "report/charts.h"
 #include "report/route_report.h"
-#include "eval/routes.h"
-#include "pipelines/trainer.h"
 
 namespace mole {
 

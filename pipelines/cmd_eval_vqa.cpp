@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "core/json_config.h"
+#include "eval/answer.h"
 #include "eval/vqa_data.h"
 #include "eval/vqa_metrics.h"
-#include "eval/answer.h"
+#include "model/trained_model.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
-#include "model/trained_model.h"
 
 namespace mole {
 

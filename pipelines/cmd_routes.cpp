@@ -5,9 +5,9 @@
 // routes.json and index.html.
 #include <cstdio>
 
+#include "eval/routes.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
-#include "eval/routes.h"
 
 namespace mole {
 
