@@ -6,26 +6,20 @@
 
 namespace mole {
 
+MOLE_ENUM_NAMES(Activation, "activation", {Activation::kGelu, "gelu"}, {Activation::kGeluTanh, "gelu_pytorch_tanh"},
+                {Activation::kGeluTanh, "gelu_new"}, {Activation::kGeluTanh, "gelu_fast"},
+                {Activation::kQuickGelu, "quick_gelu"}, {Activation::kSilu, "silu"}, {Activation::kSilu, "swish"},
+                {Activation::kRelu, "relu"})
+
 Activation parse_activation(const std::string& name, const std::string& where) {
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return Activation::kGeluTanh;
-  if (name == "quick_gelu") return Activation::kQuickGelu;
-  if (name == "silu" || name == "swish") return Activation::kSilu;
-  if (name == "relu") return Activation::kRelu;
-  throw std::invalid_argument(where + ": unknown activation '" + name +
-                              "' (known: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, silu, relu)");
+  try {
+    return parse_enum<Activation>(name);
+  } catch (const ConfigError& e) {
+    throw ConfigError(where + ": " + e.what());
+  }
 }
 
-std::string activation_name(Activation act) {
-  switch (act) {
-    case Activation::kGelu: return "gelu";
-    case Activation::kGeluTanh: return "gelu_pytorch_tanh";
-    case Activation::kQuickGelu: return "quick_gelu";
-    case Activation::kSilu: return "silu";
-    case Activation::kRelu: return "relu";
-  }
-  return "?";
-}
+std::string activation_name(Activation act) { return enum_name(act); }
 
 torch::Tensor apply_activation(Activation act, const torch::Tensor& x) {
   switch (act) {

@@ -6,12 +6,18 @@
 
 #include <torch/types.h>
 
+#include "core/fields.h"
+
 namespace mole {
 
 enum class Activation { kGelu, kGeluTanh, kQuickGelu, kSilu, kRelu };
+// "gelu" (exact, erf), "gelu_pytorch_tanh" / "gelu_new" / "gelu_fast" (tanh form), "quick_gelu", "silu" /
+// "swish", "relu"; the first name of each is the one written.
+template <>
+const EnumTable<Activation>& enum_table<Activation>();
 
-// "gelu" (exact, erf), "gelu_new" / "gelu_pytorch_tanh" / "gelu_fast" (tanh form), "quick_gelu", "silu" /
-// "swish", "relu". Anything else throws, naming `where` (e.g. "config.json: vision_config.hidden_act").
+// The activation named `name`; anything else is a ConfigError naming `where` (e.g. "config.json:
+// vision_config.hidden_act").
 Activation parse_activation(const std::string& name, const std::string& where);
 std::string activation_name(Activation act);
 torch::Tensor apply_activation(Activation act, const torch::Tensor& x);

@@ -39,9 +39,11 @@ std::string nearest_name(const std::string& name, const std::vector<std::string>
   return best_distance <= std::max<size_t>(2, name.size() / 3) ? best : "";
 }
 
-FieldReader::FieldReader(const json& object, FieldPath at) : object_(object), at_(std::move(at)) {}
+FieldReader::FieldReader(const json& object, FieldPath at, UnknownKeys unknown)
+    : object_(object), at_(std::move(at)), unknown_(unknown) {}
 
 void FieldReader::finish() const {
+  if (unknown_ == UnknownKeys::kIgnore) return;
   for (const auto& item : object_.items()) {
     if (std::find(known_.begin(), known_.end(), item.key()) != known_.end()) continue;
     std::string message = at_.file + ": unknown key '" + at_.key(item.key()) + "'";

@@ -167,37 +167,43 @@ json field_to_json(const T& value) {
 
 // ---- reading -------------------------------------------------------------------------------------------------
 
-template <class T>
-void read_field(const json& value, T& out, const FieldPath& at, const std::string& name);
+// What a reader does with a key no field claims: mole's own files refuse it (a typo must not pass); a Hugging
+// Face config.json carries many keys mole has no use for, so its readers ignore them.
+enum class UnknownKeys { kRefuse, kIgnore };
 
-// Reads the fields of one JSON object; finish() refuses the keys no field claimed.
+template <class T>
+void read_field(const json& value, T& out, const FieldPath& at, const std::string& name,
+                UnknownKeys unknown = UnknownKeys::kRefuse);
+
+// Reads the fields of one JSON object; finish() refuses the keys no field claimed (with UnknownKeys::kRefuse).
 class FieldReader {
  public:
-  FieldReader(const json& object, FieldPath at);
+  FieldReader(const json& object, FieldPath at, UnknownKeys unknown = UnknownKeys::kRefuse);
   template <class T>
   void operator()(const char* key, T& value, const char* /*doc*/) {
     known_.emplace_back(key);
     auto it = object_.find(key);
     if (it == object_.end() || it->is_null()) return;  // absent: the default stays
-    read_field(*it, value, at_, key);
+    read_field(*it, value, at_, key, unknown_);
   }
   void finish() const;
 
  private:
   const json& object_;
   FieldPath at_;
+  UnknownKeys unknown_;
   std::vector<std::string> known_;
 };
 
 // The struct T read from a JSON object at `at` (its defaults where keys are absent), then T::validate(at).
 template <class T>
-T read_struct(const json& object, const FieldPath& at) {
+T read_struct(const json& object, const FieldPath& at, UnknownKeys unknown = UnknownKeys::kRefuse) {
   if (!object.is_object()) {
     if (at.prefix.empty()) throw ConfigError(at.file + ": expected a JSON object, got " + object.type_name());
     throw ConfigError(at.file + ": " + at.prefix + ": expected an object, got " + object.type_name());
   }
   T value;
-  FieldReader reader(object, at);
+  FieldReader reader(object, at, unknown);
   T::fields(value, reader);
   reader.finish();
   if constexpr (has_validate<T>::value) value.validate(at);
@@ -205,12 +211,12 @@ T read_struct(const json& object, const FieldPath& at) {
 }
 
 template <class T>
-T read_fields(const json& object, const std::string& file) {
-  return read_struct<T>(object, FieldPath{file, ""});
+T read_fields(const json& object, const std::string& file, UnknownKeys unknown = UnknownKeys::kRefuse) {
+  return read_struct<T>(object, FieldPath{file, ""}, unknown);
 }
 
 template <class T>
-void read_field(const json& value, T& out, const FieldPath& at, const std::string& name) {
+void read_field(const json& value, T& out, const FieldPath& at, const std::string& name, UnknownKeys unknown) {
   auto wrong = [&](const std::string& expected) {
     at.fail(name, "expected " + expected + ", got " + std::string(value.type_name()) +
                       (value.is_primitive() ? " " + value.dump() : ""));
@@ -243,29 +249,29 @@ void read_field(const json& value, T& out, const FieldPath& at, const std::strin
     out = value;
   } else if constexpr (is_optional<T>::value) {
     typename T::value_type inner{};
-    read_field(value, inner, at, name);
+    read_field(value, inner, at, name, unknown);
     out = std::move(inner);
   } else if constexpr (is_vector<T>::value) {
     using Item = typename T::value_type;
-    // A lone string where a list of strings belongs is a list of one (data.train: "a.json").
-    if constexpr (std::is_same_v<Item, std::string>) {
-      if (value.is_string()) {
-        out = {value.get<std::string>()};
-        return;
-      }
+    // A lone value where a list belongs is a list of one (data.train: "a.json"; eos_token_id: 2).
+    if (!value.is_array() && (value.is_string() || value.is_number())) {
+      Item item{};
+      read_field(value, item, at, name, unknown);
+      out = {std::move(item)};
+      return;
     }
     if (!value.is_array()) wrong("a list");
     T items;
     for (size_t i = 0; i < value.size(); ++i) {
       Item item{};
-      read_field(value[i], item, at, name + "[" + std::to_string(i) + "]");
+      read_field(value[i], item, at, name + "[" + std::to_string(i) + "]", unknown);
       items.push_back(std::move(item));
     }
     out = std::move(items);
   } else {
     static_assert(has_fields<T>::value, "a config field must be a scalar, string, enum, list, json or a struct "
                                         "with fields()");
-    out = read_struct<T>(value, at.child(name));
+    out = read_struct<T>(value, at.child(name), unknown);
   }
 }
 

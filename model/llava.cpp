@@ -33,7 +33,7 @@ LlavaConfig LlavaConfig::from_json(const json& j, const std::string& where) {
   std::string vision_type = field_or<std::string>(j["vision_config"], "model_type", "clip_vision_model", where);
   if (vision_type != "clip_vision_model")
     throw ConfigError(where + ": vision_config.model_type '" + vision_type + "' is not supported (clip_vision_model)");
-  c.vision = VisionConfig::from_json(j["vision_config"], where + ": vision_config");
+  c.vision = VisionConfig::from_json(j["vision_config"], FieldPath{where, "vision_config"});
   c.text = TextConfig::from_json(j["text_config"], where + ": text_config");
   // transformers 5 names it image_token_id; older configs image_token_index.
   c.image_token_index = field_or<int64_t>(j, "image_token_id", field_or<int64_t>(j, "image_token_index", 32000, where), where);

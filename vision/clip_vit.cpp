@@ -6,38 +6,21 @@
 
 namespace mole {
 
-VisionConfig VisionConfig::from_json(const json& j, const std::string& where) {
-  VisionConfig c;
-  c.hidden_size = field_or<int64_t>(j, "hidden_size", c.hidden_size, where);
-  c.intermediate_size = field_or<int64_t>(j, "intermediate_size", c.intermediate_size, where);
-  c.n_layers = field_or<int64_t>(j, "num_hidden_layers", c.n_layers, where);
-  c.n_heads = field_or<int64_t>(j, "num_attention_heads", c.n_heads, where);
-  c.n_channels = field_or<int64_t>(j, "num_channels", c.n_channels, where);
-  c.image_size = field_or<int64_t>(j, "image_size", c.image_size, where);
-  c.patch_size = field_or<int64_t>(j, "patch_size", c.patch_size, where);
-  c.projection_dim = field_or<int64_t>(j, "projection_dim", c.projection_dim, where);
-  c.layer_norm_eps = field_or<double>(j, "layer_norm_eps", c.layer_norm_eps, where);
-  c.hidden_act = parse_activation(field_or<std::string>(j, "hidden_act", "quick_gelu", where), where + ".hidden_act");
-  if (c.hidden_size <= 0 || c.n_heads <= 0 || c.hidden_size % c.n_heads != 0)
-    throw ConfigError(where + ": hidden_size must be a positive multiple of num_attention_heads");
-  if (c.patch_size <= 0 || c.image_size % c.patch_size != 0)
-    throw ConfigError(where + ": image_size must be a multiple of patch_size");
-  if (c.n_layers <= 0 || c.intermediate_size <= 0) throw ConfigError(where + ": layer counts and sizes must be > 0");
-  return c;
+void VisionConfig::validate(const FieldPath& at) const {
+  if (hidden_size <= 0 || n_heads <= 0 || hidden_size % n_heads != 0)
+    at.fail("hidden_size", "must be a positive multiple of num_attention_heads");
+  if (patch_size <= 0 || image_size % patch_size != 0) at.fail("image_size", "must be a multiple of patch_size");
+  if (n_layers <= 0 || intermediate_size <= 0) at.fail("num_hidden_layers", "layer counts and sizes must be > 0");
+}
+
+VisionConfig VisionConfig::from_json(const json& j, const FieldPath& at) {
+  return read_struct<VisionConfig>(j, at, UnknownKeys::kIgnore);
 }
 
 json VisionConfig::to_json() const {
-  return {{"model_type", "clip_vision_model"},
-          {"hidden_size", hidden_size},
-          {"intermediate_size", intermediate_size},
-          {"num_hidden_layers", n_layers},
-          {"num_attention_heads", n_heads},
-          {"num_channels", n_channels},
-          {"image_size", image_size},
-          {"patch_size", patch_size},
-          {"projection_dim", projection_dim},
-          {"layer_norm_eps", layer_norm_eps},
-          {"hidden_act", activation_name(hidden_act)}};
+  json j = write_fields(*this);
+  j["model_type"] = "clip_vision_model";
+  return j;
 }
 
 ClipEmbeddingsImpl::ClipEmbeddingsImpl(const VisionConfig& config_) : config(config_) {

@@ -37,8 +37,24 @@ struct VisionConfig {
 
   int64_t n_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
   int64_t head_dim() const { return hidden_size / n_heads; }
-  // `where` names the file/field for errors, e.g. "DIR/config.json: vision_config".
-  static VisionConfig from_json(const nlohmann::json& j, const std::string& where);
+
+  // The field list, by CLIPVisionConfig's key names.
+  template <class Self, class V>
+  static void fields(Self& self, V& v) {
+    v("hidden_size", self.hidden_size, "width of the vision transformer");
+    v("intermediate_size", self.intermediate_size, "width of its MLPs");
+    v("num_hidden_layers", self.n_layers, "encoder layers");
+    v("num_attention_heads", self.n_heads, "attention heads");
+    v("num_channels", self.n_channels, "image channels");
+    v("image_size", self.image_size, "input side in pixels");
+    v("patch_size", self.patch_size, "patch side in pixels");
+    v("projection_dim", self.projection_dim, "CLIP's text-image projection (unused by LLaVA)");
+    v("layer_norm_eps", self.layer_norm_eps, "LayerNorm epsilon");
+    v("hidden_act", self.hidden_act, "MLP activation");
+  }
+  void validate(const FieldPath& at) const;  // heads divide the width, patches tile the image, sizes > 0
+  // vision_config of a llava config.json at `at` (keys mole does not use are ignored, as transformers does).
+  static VisionConfig from_json(const nlohmann::json& j, const FieldPath& at);
   nlohmann::json to_json() const;
 };
 

@@ -139,3 +139,13 @@ TEST_CASE("nearest_name suggests only close names", "[unit][fields]") {
   CHECK(nearest_name("swich_aux", known) == "switch_aux");
   CHECK(nearest_name("learning_rate", known) == "");
 }
+
+TEST_CASE("a Hugging Face config's extra keys are ignored, its typed fields still checked", "[unit][fields]") {
+  json j = {{"inner", {{"weight", 1.0}, {"initializer_range", 0.02}}}, {"transformers_version", "5.23.0"}};
+  CHECK_THROWS_WITH(read_fields<Outer>(j, "config.json"), Contains("unknown key 'inner.initializer_range'"));
+  Outer o = read_fields<Outer>(j, "config.json", UnknownKeys::kIgnore);
+  CHECK(o.inner.weight == 1.0);
+  j["inner"]["weight"] = "heavy";
+  CHECK_THROWS_WITH(read_fields<Outer>(j, "config.json", UnknownKeys::kIgnore),
+                    Contains("config.json: inner.weight: expected a number"));
+}

@@ -174,3 +174,19 @@ TEST_CASE("mole info describes a checkpoint", "[unit][checkpoint][cli]") {
   CHECK(info["runtime"]["threads"].get<int>() >= 1);
   CHECK(info["config"]["text_config"]["num_key_value_heads"] == 2);
 }
+
+TEST_CASE("a llava config.json's vision_config is read by its field list", "[unit][checkpoint]") {
+  json j = tiny_config().to_json();
+  j["vision_config"]["attention_dropout"] = 0.0;  // a CLIPVisionConfig key mole has no use for: ignored
+  LlavaConfig c = LlavaConfig::from_json(j, "config.json");
+  CHECK(c.vision.to_json() == tiny_config().vision.to_json());
+  j["vision_config"]["hidden_size"] = "wide";
+  CHECK_THROWS_WITH(LlavaConfig::from_json(j, "config.json"),
+                    Contains("config.json: vision_config.hidden_size: expected an integer"));
+  j["vision_config"]["hidden_size"] = 17;  // not a multiple of the 2 heads
+  CHECK_THROWS_WITH(LlavaConfig::from_json(j, "config.json"),
+                    Contains("vision_config.hidden_size: must be a positive multiple of num_attention_heads"));
+  j["vision_config"]["hidden_size"] = 16;
+  j["vision_config"]["hidden_act"] = "gelu_new";  // an alias: read as the tanh GELU, written by its first name
+  CHECK(LlavaConfig::from_json(j, "config.json").vision.to_json()["hidden_act"] == "gelu_pytorch_tanh");
+}
