@@ -86,21 +86,11 @@ std::string build_segments(const std::vector<Turn>& turns, Template t, std::vect
 
 }  // namespace
 
-Template parse_template(const std::string& name) {
-  if (name == "vicuna_v1") return Template::kVicunaV1;
-  if (name == "llava_llama_2") return Template::kLlavaLlama2;
-  if (name == "plain") return Template::kPlain;
-  throw ConfigError("conversation template '" + name + "' is not known (vicuna_v1, llava_llama_2, plain)");
-}
+MOLE_ENUM_NAMES(Template, "conversation template", {Template::kVicunaV1, "vicuna_v1"},
+                {Template::kLlavaLlama2, "llava_llama_2"}, {Template::kPlain, "plain"})
 
-std::string template_name(Template t) {
-  switch (t) {
-    case Template::kVicunaV1: return "vicuna_v1";
-    case Template::kLlavaLlama2: return "llava_llama_2";
-    case Template::kPlain: return "plain";
-  }
-  return "?";
-}
+Template parse_template(const std::string& name) { return parse_enum<Template>(name); }
+std::string template_name(Template t) { return enum_name(t); }
 
 std::string template_system_prompt(Template t) {
   switch (t) {

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fields.h"
 #include "language/tokenizer.h"
 
 namespace mole {
@@ -46,8 +47,10 @@ namespace mole {
 constexpr int64_t kIgnoreIndex = -100;  // label of an unsupervised position (PyTorch's cross-entropy default)
 
 enum class Template { kVicunaV1, kLlavaLlama2, kPlain };
+template <>
+const EnumTable<Template>& enum_table<Template>();  // vicuna_v1 | llava_llama_2 | plain
 
-Template parse_template(const std::string& name);  // "vicuna_v1", "llava_llama_2", "plain"; else ConfigError
+Template parse_template(const std::string& name);  // through the table; an unknown name is a ConfigError
 std::string template_name(Template t);
 std::string template_system_prompt(Template t);  // LLaVA's default system text ("" for plain)
 

@@ -18,7 +18,9 @@ std::string modality_name(int64_t modality) {
   return "modality_" + std::to_string(modality);
 }
 
-std::string route_phase_name(RoutePhase phase) { return phase == RoutePhase::kGenerate ? "generate" : "prefill"; }
+MOLE_ENUM_NAMES(RoutePhase, "route phase", {RoutePhase::kPrefill, "prefill"}, {RoutePhase::kGenerate, "generate"})
+
+std::string route_phase_name(RoutePhase phase) { return enum_name(phase); }
 
 namespace {
 

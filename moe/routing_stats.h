@@ -25,6 +25,8 @@
 namespace mole {
 
 enum class RoutePhase { kPrefill = 0, kGenerate = 1 };  // prompt tokens vs generated tokens
+template <>
+const EnumTable<RoutePhase>& enum_table<RoutePhase>();
 
 // "text" (0), "image" (1), else "modality_<m>".
 std::string modality_name(int64_t modality);

@@ -24,11 +24,6 @@ void TrainConfig::validate(const FieldPath& at) const {
     m.fail("adapter", "finetune needs model.adapter (e.g. {\"kind\": \"lora\"} or {\"kind\": \"mole\"})");
   if (model.tokenizer.empty() && model.base.empty()) m.fail("tokenizer", "is needed without a base");
   if (data.train.empty() && data.text_corpus.empty()) d.fail("train", "is required");
-  try {
-    parse_template(data.conversation_template);
-  } catch (const ConfigError& e) {
-    d.fail("template", e.what());
-  }
   if (data.max_len < 1) d.fail("max_len", "must be >= 1");
   if (data.batch_size < 1) d.fail("batch_size", "must be >= 1");
   if (data.workers < 0) d.fail("workers", "must be >= 0");

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fields.h"
+#include "language/conversation.h"
 #include "model/adapters.h"
 
 namespace mole {
@@ -56,7 +57,7 @@ struct DataSection {
   std::vector<std::string> train;        // LLaVA JSON / JSON Lines files, in order
   std::string text_corpus;               // pretrain: one text-only sample per non-empty line
   std::string images;                    // folder the records' image paths are relative to
-  std::string conversation_template;     // "": vicuna_v1 for finetune, plain otherwise
+  Template conversation_template = Template::kVicunaV1;  // from_json: vicuna_v1 for finetune, else plain
   int64_t max_len = 2048;
   int64_t batch_size = 16;
   int64_t workers = 2;
@@ -68,8 +69,8 @@ struct DataSection {
     v("train", self.train, "LLaVA JSON or JSON Lines training files (a string or a list)");
     v("text_corpus", self.text_corpus, "pretrain: a text file, one text-only sample per non-empty line");
     v("images", self.images, "folder the records' image paths are relative to");
-    v("template", self.conversation_template, "conversation template (vicuna_v1, llava_llama_2, plain; default: "
-                                              "vicuna_v1 for finetune, plain otherwise)");
+    v("template", self.conversation_template, "conversation template (default: vicuna_v1 for finetune, plain "
+                                              "otherwise)");
     v("max_len", self.max_len, "tokens per sample at most (images are never cut)");
     v("batch_size", self.batch_size, "samples per micro-batch");
     v("workers", self.workers, "loader threads building batches ahead of the trainer");

@@ -22,7 +22,7 @@ ModelSpec spec_for(const TrainConfig& c) {
   spec.base = c.model.base.empty() ? "" : absolute(resolve_model_dir(c.model.base));
   spec.projector = absolute(c.model.projector);
   spec.tokenizer = absolute(c.model.tokenizer.empty() ? spec.base : c.model.tokenizer);
-  spec.conversation_template = c.data.conversation_template;
+  spec.conversation_template = enum_name(c.data.conversation_template);
   spec.image_processor = c.model.image_processor;
   if (spec.base.empty()) {
     // The tokenizer decides the vocabulary and the special ids of a model trained from scratch.
@@ -101,7 +101,7 @@ LoaderOptions loader_options(const TrainConfig& c, const Llava& model) {
   lo.seed = c.run.seed;
   lo.group_by_length = c.data.group_by_length;
   lo.n_epochs = 0;  // the step count decides the end
-  lo.conversation_template = parse_template(c.data.conversation_template);
+  lo.conversation_template = c.data.conversation_template;
   lo.max_len = c.data.max_len;
   lo.n_image_tokens = model->config.n_image_features();
   lo.image_dir = c.data.images;

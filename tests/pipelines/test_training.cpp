@@ -152,7 +152,7 @@ TEST_CASE("train config: --set overrides, unknown keys refused", "[unit][train]"
   CHECK(c.optim.lr == 0.5);
   REQUIRE(c.model.adapter);
   CHECK(c.model.adapter->mole.rank() == 4);
-  CHECK(c.data.conversation_template == "llava_llama_2");
+  CHECK(c.data.conversation_template == Template::kLlavaLlama2);
   CHECK(c.data.train == std::vector<std::string>{"a.json", "b.json"});
   CHECK(TrainConfig::from_json(c.to_json(), "again").to_json() == c.to_json());
   apply_override(j, "optim.learning_rate=1");
