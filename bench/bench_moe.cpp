@@ -2,7 +2,9 @@
 // Variants: the frozen FFN alone; plain LoRA on gate/up/down; FFN-level MoLE (shared W_g x, W_u x and a single
 // down-projection on the gated sum); linear-level MoLE on gate/up/down; and the naive per-expert loop (each
 // expert a whole FFN). The input carries a gradient, as inside a model, so the frozen weights' backward for the
-// activations is counted too. Last line: ratio_mole_vs_lora=X ratio_naive_vs_mole=Y (from the first shape).
+// activations is counted too. FFN-level MoLE runs twice: its default (the fused autograd function) and the same
+// computation in plain autograd ops ("sparse"). Last line: ratio_mole_vs_lora=X ratio_naive_vs_mole=Y (from the
+// first shape). All cores by default; the 7B shape at 256 tokens, enough rows that its GEMMs are compute-bound.
 //
 //   build/bench_moe                          LLaMA-7B FFN (4096 x 11008, rank 16) and the tiny demo shape
 //   build/bench_moe --hidden 512 --ffn 1408 --tokens 256 --rank 8 --experts 8 --top-k 2 --reps 5
@@ -94,8 +96,14 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
       (*lin)->attach(a);
     }
   });
-  bench("MoLE FFN-level", [&](LlamaMlp& mlp) {
+  bench("MoLE FFN-level", [&](LlamaMlp& mlp) {  // auto: the fused autograd function
     auto a = std::make_shared<MoleFfnImpl>(MoleFfnOptions(s.hidden, s.ffn, mole).layer_name("bench.mlp"));
+    randomize(*a);
+    mlp->attach(a);
+  });
+  bench("MoLE FFN-level sparse", [&](LlamaMlp& mlp) {  // the same in plain autograd ops (before the fused form)
+    auto a = std::make_shared<MoleFfnImpl>(
+        MoleFfnOptions(s.hidden, s.ffn, MoleOptions(mole).dispatch(Dispatch::kSparse)).layer_name("bench.sparse"));
     randomize(*a);
     mlp->attach(a);
   });
@@ -125,7 +133,7 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
 
 int main(int argc, char** argv) {
   torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
-  std::vector<Shape> shapes = {{"llama-7b-ffn", 4096, 11008, 64, 16, 8, 2}, {"tiny-demo", 256, 704, 1024, 8, 8, 2}};
+  std::vector<Shape> shapes = {{"llama-7b-ffn", 4096, 11008, 256, 16, 8, 2}, {"tiny-demo", 256, 704, 1024, 8, 8, 2}};
   int reps = 3;
   bool custom = false;
   Shape c{"custom", 4096, 11008, 64, 16, 8, 2};
@@ -156,9 +164,10 @@ int main(int argc, char** argv) {
   std::vector<Result> first;
   for (size_t i = 0; i < shapes.size(); ++i) {
     auto r = run_shape(shapes[i], reps, true);
+    std::printf("%s: mole_vs_lora=%.3f\n", shapes[i].name.c_str(), r[2].ms / r[1].ms);
     if (i == 0) first = r;
   }
   std::printf("ratio_mole_vs_lora=%.3f ratio_naive_vs_mole=%.3f\n", first[2].ms / first[1].ms,
-              first[4].ms / first[2].ms);
+              first.back().ms / first[2].ms);
   return 0;
 }

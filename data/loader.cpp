@@ -226,29 +226,46 @@ DataLoader::Slot DataLoader::build(int64_t global) {
     }
     if (samples.empty()) return slot;
 
-    // collate: pad to the longest sample, on the right
+    // collate: one row per sample, or (packing) samples in order laid into rows of up to max_len, the next row
+    // begun when a sample does not fit (their order, and so the images', stays that of the batch); right-padded.
     Batch batch;
     batch.epoch = epoch;
     batch.index = index;
     batch.ids = std::move(ids);
-    int64_t longest = 0;
-    for (const PreparedSample& s : samples) longest = std::max<int64_t>(longest, s.tokens.input_ids.size());
     const int64_t n = int64_t(samples.size());
+    std::vector<int64_t> row_of(static_cast<size_t>(n)), start_of(static_cast<size_t>(n));  // where each sample goes
+    std::vector<int64_t> row_fill;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t len = int64_t(samples[size_t(i)].tokens.input_ids.size());
+      const bool fits = options_.packing && !row_fill.empty() &&
+                        (options_.max_len <= 0 || row_fill.back() + len <= options_.max_len);
+      if (!fits) {
+        row_fill.push_back(0);
+        if (options_.packing) batch.packed_rows.emplace_back();
+      }
+      row_of[size_t(i)] = int64_t(row_fill.size()) - 1;
+      start_of[size_t(i)] = row_fill.back();
+      row_fill.back() += len;
+      if (options_.packing) batch.packed_rows.back().push_back(len);
+    }
+    const int64_t n_rows = int64_t(row_fill.size()), width = *std::max_element(row_fill.begin(), row_fill.end());
     const int64_t pad_id = tokenizer_->pad_id() >= 0 ? tokenizer_->pad_id() : std::max<int64_t>(0, tokenizer_->unk_id());
-    batch.input_ids = torch::full({n, longest}, pad_id, torch::kInt64);           // (B, T)
-    batch.labels = torch::full({n, longest}, kIgnoreIndex, torch::kInt64);        // (B, T)
-    batch.attention_mask = torch::zeros({n, longest}, torch::kInt64);              // (B, T)
+    batch.input_ids = torch::full({n_rows, width}, pad_id, torch::kInt64);     // (B|R, T)
+    batch.labels = torch::full({n_rows, width}, kIgnoreIndex, torch::kInt64);  // (B|R, T)
+    batch.attention_mask = torch::zeros({n_rows, width}, torch::kInt64);        // (B|R, T)
+    if (options_.packing) batch.position_ids = positions_for_packing(batch.packed_rows, width);
     std::vector<torch::Tensor> pixels;
     auto ids_a = batch.input_ids.accessor<int64_t, 2>();
     auto labels_a = batch.labels.accessor<int64_t, 2>();
     auto mask_a = batch.attention_mask.accessor<int64_t, 2>();
     for (int64_t i = 0; i < n; ++i) {
       const TokenizedSample& t = samples[size_t(i)].tokens;
-      const int64_t len = int64_t(t.input_ids.size());
+      const int64_t len = int64_t(t.input_ids.size()), row = row_of[size_t(i)], start = start_of[size_t(i)];
       for (int64_t j = 0; j < len; ++j) {
-        ids_a[i][j] = t.input_ids[size_t(j)];
-        labels_a[i][j] = t.labels[size_t(j)];
-        mask_a[i][j] = 1;
+        ids_a[row][start + j] = t.input_ids[size_t(j)];
+        // a sample's first label is never a target (nothing predicts it); packed, it would be the previous one's
+        labels_a[row][start + j] = j == 0 ? kIgnoreIndex : t.labels[size_t(j)];
+        mask_a[row][start + j] = 1;
       }
       batch.lengths.push_back(len);
       batch.n_tokens += len;

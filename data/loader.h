@@ -40,6 +40,7 @@
 #include "data/image.h"
 #include "data/llava_data.h"
 #include "language/conversation.h"
+#include "language/packing.h"
 #include "language/tokenizer.h"
 
 namespace mole {
@@ -55,6 +56,9 @@ struct LoaderOptions {
   bool shuffle = true;
   /// transformers' group_by_length (see the file comment).
   bool group_by_length = false;
+  /// Pack each batch's samples, in order, into rows of up to max_len tokens (Batch::packed_rows) instead of one
+  /// padded row per sample.
+  bool packing = false;
   /// Leave out the last, short batch of an epoch.
   bool drop_last = false;
   /// Epochs to run; 0 = until the caller stops.
@@ -85,9 +89,14 @@ struct Batch {
   int64_t epoch = 0, index = 0;         // batch `index` of `epoch`
   std::vector<std::string> ids;         // record ids, one per sample
   std::vector<int64_t> lengths;         // tokens per sample, before padding
-  torch::Tensor input_ids;              // (B, T) int64, right-padded with pad_id
-  torch::Tensor labels;                 // (B, T) int64, kIgnoreIndex on padding and unsupervised tokens
-  torch::Tensor attention_mask;         // (B, T) int64, 1 on tokens, 0 on padding
+  // One row per sample, right-padded; or, packed, rows of whole samples back to back (row count R <= B), each
+  // right-padded to the longest row.
+  torch::Tensor input_ids;              // (B|R, T) int64, padding pad_id
+  torch::Tensor labels;                 // (B|R, T) int64, kIgnoreIndex on padding, unsupervised tokens and the
+                                        // first token of each sample
+  torch::Tensor attention_mask;         // (B|R, T) int64, 1 on tokens, 0 on padding
+  PackedRows packed_rows;               // packed: the sample lengths of each row; empty when not packed
+  torch::Tensor position_ids;           // packed: (R, T) int64, restarting at each sample; undefined when not
   torch::Tensor pixel_values;           // (I, 3, H, W) float32, images in sample order; undefined when none
   int64_t n_tokens = 0;                 // sum of lengths
   int64_t n_supervised = 0;             // labels != kIgnoreIndex

@@ -5,6 +5,8 @@
 #include <ATen/Dispatch.h>
 #include <torch/torch.h>
 
+#include "language/conversation.h"
+
 namespace mole {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
@@ -72,8 +74,41 @@ LlamaAttentionImpl::LlamaAttentionImpl(const TextConfig& config_) : config(confi
   o_proj = register_module("o_proj", Linear(LinearOptions(q_out, d).bias(bias)));
 }
 
+namespace {
+// Attention of packed rows: each sample (and each row's padding) a causal sequence of its own, so no token sees
+// another sample. q (B, H, T, Dh), k, v (B, G, T, Dh) -> (B, H, T, Dh)
+torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const PackedRows& rows, const TextConfig& config) {
+  const int64_t width = q.size(2);
+  const bool gqa = config.n_kv_heads != config.n_heads;
+  std::vector<torch::Tensor> out_rows;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    std::vector<int64_t> lengths = rows[b];
+    int64_t used = 0;
+    for (int64_t len : lengths) used += len;
+    if (used < width) lengths.push_back(width - used);
+    std::vector<torch::Tensor> parts;
+    int64_t start = 0;
+    for (int64_t len : lengths) {
+      auto slice = [&](const torch::Tensor& t) { return t.narrow(0, int64_t(b), 1).narrow(2, start, len); };
+      auto qs = slice(q), ks = slice(k), vs = slice(v);  // (1, H|G, len, Dh)
+      if (config.sliding_window > 0 && len > config.sliding_window) {
+        auto mask = causal_attention_mask(torch::ones({1, len}, torch::kInt64), 0, len, config.sliding_window,
+                                          q.scalar_type()).to(q.device());
+        parts.push_back(torch::scaled_dot_product_attention(qs, ks, vs, mask, 0.0, false, std::nullopt, gqa));
+      } else {
+        parts.push_back(torch::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa));
+      }
+      start += len;
+    }
+    out_rows.push_back(parts.size() == 1 ? parts[0] : torch::cat(parts, 2));
+  }
+  return out_rows.size() == 1 ? out_rows[0] : torch::cat(out_rows, 0);
+}
+}  // namespace
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                          const torch::Tensor& mask, KVCache* cache, int64_t layer_index) {
+                                          const AttentionLayout& layout, KVCache* cache, int64_t layer_index) {
   int64_t b = x.size(0), t = x.size(1), dh = config.head_dim;
   auto q = q_proj(x).view({b, t, config.n_heads, dh}).transpose(1, 2);     // (B, H, T, Dh)
   auto k = k_proj(x).view({b, t, config.n_kv_heads, dh}).transpose(1, 2);  // (B, G, T, Dh)
@@ -82,9 +117,11 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   k = apply_rotary(k, cos, sin);
   if (cache) std::tie(k, v) = cache->append(layer_index, k, v);  // (B, G, S, Dh)
   // softmax(q k^T / sqrt(Dh) + mask) v; each kv head serves H/G query heads (repeat_kv)
-  auto out = torch::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
-                                                 /*scale=*/std::nullopt,
-                                                 /*enable_gqa=*/config.n_kv_heads != config.n_heads);  // (B, H, T, Dh)
+  auto out = layout.packed ? packed_attention(q, k, v, *layout.packed, config)
+                           : torch::scaled_dot_product_attention(q, k, v, layout.mask, /*dropout_p=*/0.0,
+                                                                 /*is_causal=*/false, /*scale=*/std::nullopt,
+                                                                 /*enable_gqa=*/config.n_kv_heads != config.n_heads);
+  // (B, H, T, Dh)
   return o_proj(out.transpose(1, 2).reshape({b, t, config.n_heads * dh}));                            // (B, T, D)
 }
 
@@ -116,9 +153,9 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const TextConfig& config) {
 }
 
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin, const torch::Tensor& mask, KVCache* cache,
-                                             int64_t layer_index) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, cache, layer_index);  // h = x + attn(norm(x))
+                                             const torch::Tensor& sin, const AttentionLayout& layout,
+                                             KVCache* cache, int64_t layer_index) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, layout, cache, layer_index);  // h = x + attn(norm(x))
   return h + mlp(post_attention_layernorm(h));                                     // h = h + mlp(norm(h))
 }
 
@@ -131,7 +168,7 @@ LlamaModelImpl::LlamaModelImpl(const TextConfig& config_) : config(config_) {
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds, const torch::Tensor& position_ids,
                                       const torch::Tensor& attention_mask, KVCache* cache,
-                                      std::vector<torch::Tensor>* hidden_states) {
+                                      std::vector<torch::Tensor>* hidden_states, const PackedRows* packed) {
   TORCH_CHECK(inputs_embeds.dim() == 3 && inputs_embeds.size(2) == config.hidden_size,
               "llama: inputs_embeds must be (batch, tokens, ", config.hidden_size, "), got ", inputs_embeds.sizes());
   int64_t b = inputs_embeds.size(0), t = inputs_embeds.size(1), past = cache ? cache->length() : 0;
@@ -140,13 +177,20 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds, const 
   TORCH_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == b, "llama: attention_mask must be (", b,
               ", cached + new tokens), got ", attention_mask.sizes());
   auto dtype = inputs_embeds.scalar_type();
-  auto mask = causal_attention_mask(attention_mask, past, t, config.sliding_window, dtype);  // (B, 1, T, S)
+  AttentionLayout layout;
+  if (packed) {
+    TORCH_CHECK(!cache && int64_t(packed->size()) == b, "llama: packed rows need one entry per row (", b,
+                ") and no cache");
+    layout.packed = packed;
+  } else {
+    layout.mask = causal_attention_mask(attention_mask, past, t, config.sliding_window, dtype);  // (B, 1, T, S)
+  }
   auto [cos, sin] = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, dtype);  // (B, T, Dh)
 
   auto h = inputs_embeds;
   for (size_t i = 0; i < layers->size(); ++i) {
     if (hidden_states) hidden_states->push_back(h);
-    h = layers[i]->as<LlamaDecoderLayer>()->forward(h, cos, sin, mask, cache, static_cast<int64_t>(i));
+    h = layers[i]->as<LlamaDecoderLayer>()->forward(h, cos, sin, layout, cache, static_cast<int64_t>(i));
   }
   if (cache) cache->advance(t);
   h = norm(h);
@@ -165,6 +209,15 @@ torch::Tensor LlamaForCausalLMImpl::embed(const torch::Tensor& input_ids) { retu
 torch::Tensor LlamaForCausalLMImpl::logits(const torch::Tensor& hidden) {
   if (lm_head) return lm_head(hidden);
   return torch::linear(hidden, model->embed_tokens->weight);  // tied: lm_head.weight is embed_tokens.weight
+}
+
+torch::Tensor LlamaForCausalLMImpl::next_token_loss(const torch::Tensor& hidden, const torch::Tensor& labels) {
+  TORCH_CHECK(hidden.dim() == 3 && labels.sizes() == hidden.sizes().slice(0, 2), "next_token_loss: hidden (B, T, D) ",
+              hidden.sizes(), " and labels (B, T) ", labels.sizes(), " disagree");
+  auto targets = labels.slice(1, 1).reshape({-1});                     // (B*(T-1)) labels at t + 1
+  auto supervised = (targets != kIgnoreIndex).nonzero().squeeze(1);   // (M)
+  auto states = hidden.slice(1, 0, -1).reshape({-1, hidden.size(2)}).index_select(0, supervised);  // (M, D)
+  return torch::nn::functional::cross_entropy(logits(states).to(torch::kFloat32), targets.index_select(0, supervised));
 }
 
 KVCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const {

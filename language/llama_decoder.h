@@ -18,6 +18,7 @@
 
 #include "core/linear.h"
 #include "language/kv_cache.h"
+#include "language/packing.h"
 #include "language/text_config.h"
 
 namespace mole {
@@ -45,12 +46,18 @@ torch::Tensor causal_attention_mask(const torch::Tensor& attention_mask, int64_t
 // position ids as transformers 5 generate() makes them: cumsum(mask) - 1, 0 on padding. (B, S) -> (B, S)
 torch::Tensor positions_from_mask(const torch::Tensor& attention_mask);
 
+// How the tokens of one forward may attend to each other: an additive mask, or packed rows.
+struct AttentionLayout {
+  torch::Tensor mask;                 // (B, 1, T, S); undefined when packed
+  const PackedRows* packed = nullptr;
+};
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const TextConfig& config);
-  // x (B, T, D); cos, sin (B, T, Dh); mask (B, 1, T, S). With a cache, this layer's keys/values are appended.
+  // x (B, T, D); cos, sin (B, T, Dh). With a cache, this layer's keys/values are appended (padded layout only).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer_index);
+                        const AttentionLayout& layout, KVCache* cache, int64_t layer_index);
 
   TextConfig config;
   Linear q_proj = nullptr, k_proj = nullptr, v_proj = nullptr, o_proj = nullptr;
@@ -74,7 +81,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const TextConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, KVCache* cache, int64_t layer_index);
+                        const AttentionLayout& layout, KVCache* cache, int64_t layer_index);
 
   LlamaAttention self_attn = nullptr;
   LlamaMlp mlp = nullptr;
@@ -91,10 +98,10 @@ class LlamaModelImpl : public torch::nn::Module {
   // 0 = padding). With a cache, T new tokens are appended after cache->length() cached ones and the cache
   // advances. Returns the final normed hidden state (B, T, D). hidden_states, when given, receives
   // transformers' output_hidden_states: the input embeddings, each block's output but the last, and the final
-  // normed state (n_layers + 1 tensors).
+  // normed state (n_layers + 1 tensors). With `packed`, the rows hold whole samples back to back (no cache).
   torch::Tensor forward(const torch::Tensor& inputs_embeds, const torch::Tensor& position_ids,
                         const torch::Tensor& attention_mask, KVCache* cache = nullptr,
-                        std::vector<torch::Tensor>* hidden_states = nullptr);
+                        std::vector<torch::Tensor>* hidden_states = nullptr, const PackedRows* packed = nullptr);
 
   TextConfig config;
   torch::nn::Embedding embed_tokens = nullptr;
@@ -108,6 +115,10 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   explicit LlamaForCausalLMImpl(const TextConfig& config);
   torch::Tensor embed(const torch::Tensor& input_ids);  // (B, T) -> (B, T, D)
   torch::Tensor logits(const torch::Tensor& hidden);    // (B, T, D) -> (B, T, V); tied: embed_tokens.weight
+  // Mean next-token cross-entropy (float32) over the supervised positions: the state at t predicts labels at
+  // t + 1, kIgnoreIndex ignored. lm_head runs on the states of those positions alone, never on (B, T, V).
+  // hidden (B, T, D), labels (B, T) -> scalar
+  torch::Tensor next_token_loss(const torch::Tensor& hidden, const torch::Tensor& labels);
   KVCache make_cache(int64_t batch, int64_t capacity) const;
 
   TextConfig config;

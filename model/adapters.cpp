@@ -54,6 +54,8 @@ MOLE_ENUM_NAMES(ModelPart, "part", {ModelPart::kLanguage, "language"}, {ModelPar
 void AdapterConfig::validate(const FieldPath& at) const {
   if (format != "mole") at.fail("format", "is '" + format + "', expected 'mole' (a PEFT adapter has peft_type)");
   mole.validate(at);
+  if (kind == AdapterKind::kMole && granularity == Granularity::kLinear && mole.dispatch() == Dispatch::kFused)
+    at.fail("dispatch", "'fused' is for granularity 'ffn'; a linear-level MoLE takes auto, dense, sparse or naive");
   try {
     std::regex check(target_regex);
   } catch (const std::regex_error& e) {

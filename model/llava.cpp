@@ -140,16 +140,22 @@ torch::Tensor LlavaImpl::embed(const torch::Tensor& input_ids, const torch::Tens
 torch::Tensor LlavaImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                  const torch::Tensor& pixel_values, const torch::Tensor& position_ids,
                                  LlavaTrace* trace) {
+  return language_model->logits(hidden(input_ids, attention_mask, pixel_values, position_ids, nullptr, trace));
+}
+
+torch::Tensor LlavaImpl::hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                const torch::Tensor& pixel_values, const torch::Tensor& position_ids,
+                                const PackedRows* packed, LlavaTrace* trace) {
   auto mask = attention_mask.defined() ? attention_mask : torch::ones_like(input_ids);
   TORCH_CHECK(mask.sizes() == input_ids.sizes(), "llava: attention_mask ", mask.sizes(), " must match input_ids ",
               input_ids.sizes());
+  TORCH_CHECK(!packed || position_ids.defined(), "llava: packed rows need their position_ids");
   auto positions = position_ids.defined() ? position_ids : positions_from_mask(mask);
   auto embeds = embed(input_ids, pixel_values, trace);
   RoutingContext context = routing_context_for(token_modality(input_ids), mask);
   RoutingScope scope(&context);
-  auto hidden = language_model->model->forward(embeds, positions, mask, nullptr,
-                                               trace ? &trace->hidden_states : nullptr);
-  return language_model->logits(hidden);  // (B, T, V)
+  return language_model->model->forward(embeds, positions, mask, nullptr, trace ? &trace->hidden_states : nullptr,
+                                        packed);  // (B, T, D)
 }
 
 torch::Tensor LlavaImpl::generate(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,

@@ -64,6 +64,12 @@ class LlavaImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                         const torch::Tensor& pixel_values, const torch::Tensor& position_ids = {},
                         LlavaTrace* trace = nullptr);
+  // forward without lm_head: the language model's final normed states (B, T, D), for a loss that needs logits at
+  // a few positions only. With `packed` the rows hold whole samples back to back (PackedRows) and position_ids
+  // (restarting per sample) must be given.
+  torch::Tensor hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                       const torch::Tensor& pixel_values, const torch::Tensor& position_ids = {},
+                       const PackedRows* packed = nullptr, LlavaTrace* trace = nullptr);
   // Greedy decoding of left-padded prompts. (B, T) -> (B, N<=max_new_tokens)
   torch::Tensor generate(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                          const torch::Tensor& pixel_values, const GenerateOptions& options);

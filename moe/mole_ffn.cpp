@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "moe/fused_mole_ffn.h"
+
 // N=tokens D=hidden F=FFN width E=experts R=rank K=top-k A=assignments (N*K, grouped by expert)
 namespace mole {
 
@@ -78,7 +80,12 @@ torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, const GatedFfnBase& b
   if (shared_gate) g = g + shared_gate->delta(x).to(dtype), u = u + shared_up->delta(x).to(dtype);
 
   torch::Tensor mixed, down_delta;  // sum_i G_i h_i (N, F); sum_i G_i dD_i h_i (N, D)
-  if (dispatch == Dispatch::kSparse) {
+  if (dispatch == Dispatch::kFused) {  // one autograd function, experts over sorted contiguous segments
+    auto out = fused_mole_ffn(g, u, x_adapter, routing.topk_weight.to(dtype), routing.topk_index,
+                              {gate_A, up_A, gate_B, up_B, down_A, down_B, s, act});
+    mixed = out.mixed;
+    down_delta = out.down;
+  } else if (dispatch == Dispatch::kSparse) {
     auto groups = group_by_expert(routing);
     auto x_sorted = x_adapter.index_select(0, groups.token);  // (A, D) grouped by expert
     auto g_sorted = g.index_select(0, groups.token);          // (A, F)
@@ -120,8 +127,7 @@ torch::Tensor MoleFfnImpl::forward(const torch::Tensor& x, const GatedFfnBase& b
   auto flat = x.reshape({-1, options.hidden()});  // (N, D)
   const MoleOptions& mole = options.mole();
   Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
-  // dense materialises (N, E, F): only for narrow FFNs (the demo's); the sorted sparse path otherwise.
-  Dispatch dispatch = resolve_dispatch(mole.dispatch(), mole.n_experts(), options.ffn());
+  Dispatch dispatch = mole.dispatch() == Dispatch::kAuto ? Dispatch::kFused : mole.dispatch();
   return mixture(flat, base, routing, dispatch).to(x.scalar_type()).view(x.sizes());
 }
 

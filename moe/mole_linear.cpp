@@ -12,6 +12,8 @@ void MoleLinearImpl::reset() {
   const MoleOptions& mole = options.mole();
   int64_t e = mole.n_experts(), r = mole.rank(), in = options.in_features(), out = options.out_features();
   TORCH_CHECK(e >= 1 && r >= 1, "MoLE: n_experts and rank must be >= 1");
+  TORCH_CHECK(mole.dispatch() != Dispatch::kFused, "MoLE ", options.layer_name(),
+              ": dispatch 'fused' is for FFN-level MoLE; a linear-level layer takes auto, dense, sparse or naive");
   router = register_module("router", Router(mole.router(in)));
   lora_A = register_parameter("lora_A", torch::empty({e, r, in}));
   lora_B = register_parameter("lora_B", torch::empty({e, out, r}));
@@ -34,7 +36,8 @@ torch::Tensor MoleLinearImpl::routed_delta(const torch::Tensor& x, const Routing
   auto x_adapter = x.to(dtype);  // (N, I), dropout already applied
   double s = scale();
   switch (dispatch) {
-    case Dispatch::kAuto:  // resolved by the caller; dense if not
+    case Dispatch::kAuto:   // resolved by the caller; dense if not
+    case Dispatch::kFused:  // refused by reset()
     case Dispatch::kDense: {
       auto h = torch::matmul(x_adapter, lora_A.reshape({e * r, in_features}).t());  // (N, E*R)
       h = (h.view({n, e, r}) * routing.gates.to(dtype).unsqueeze(-1)).view({n, e * r});  // gated

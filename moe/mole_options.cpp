@@ -9,7 +9,7 @@
 namespace mole {
 
 MOLE_ENUM_NAMES(Dispatch, "dispatch", {Dispatch::kAuto, "auto"}, {Dispatch::kDense, "dense"},
-                {Dispatch::kSparse, "sparse"}, {Dispatch::kNaive, "naive"})
+                {Dispatch::kSparse, "sparse"}, {Dispatch::kFused, "fused"}, {Dispatch::kNaive, "naive"})
 
 Dispatch resolve_dispatch(Dispatch requested, int64_t n_experts, int64_t expert_width) {
   if (requested != Dispatch::kAuto) return requested;

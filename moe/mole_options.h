@@ -20,13 +20,15 @@ namespace mole {
 //           E * C values per token (C = the expert's widest intermediate: the rank R for a Linear-level layer,
 //           the FFN width F for an FFN-level one), so it pays only while E * C is small.
 //   sparse: tokens sorted by expert, one small GEMM pair per expert over its tokens only.
+//   fused:  FFN-level only: one autograd function with a hand-written backward over the sorted segments
+//           (moe/fused_mole_ffn.h); what auto gives an FFN-level layer.
 //   naive:  a plain per-expert loop over all tokens (the reference; slow).
-enum class Dispatch { kAuto, kDense, kSparse, kNaive };
+enum class Dispatch { kAuto, kDense, kSparse, kFused, kNaive };
 template <>
 const EnumTable<Dispatch>& enum_table<Dispatch>();
 
-// The one auto rule: dense while n_experts * expert_width <= kDenseMaxColumns, sparse beyond. A request other
-// than auto is returned as it is.
+// The auto rule of a linear-level layer: dense while n_experts * expert_width <= kDenseMaxColumns, sparse
+// beyond. A request other than auto is returned as it is.
 constexpr int64_t kDenseMaxColumns = 4096;
 Dispatch resolve_dispatch(Dispatch requested, int64_t n_experts, int64_t expert_width);
 

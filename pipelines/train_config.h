@@ -62,6 +62,7 @@ struct DataSection {
   int64_t batch_size = 16;
   int64_t workers = 2;
   bool group_by_length = false;
+  bool packing = true;
   bool strict = false;
 
   template <class Self, class V>
@@ -75,6 +76,8 @@ struct DataSection {
     v("batch_size", self.batch_size, "samples per micro-batch");
     v("workers", self.workers, "loader threads building batches ahead of the trainer");
     v("group_by_length", self.group_by_length, "batches of similar length (transformers' megabatches of 50)");
+    v("packing", self.packing,
+      "a batch's samples packed into rows of up to max_len, no padding between them (the same loss and gradients)");
     v("strict", self.strict, "a bad record is an error instead of a counted skip");
   }
 };

@@ -100,6 +100,7 @@ LoaderOptions loader_options(const TrainConfig& c, const Llava& model) {
   lo.n_workers = c.data.workers;
   lo.seed = c.run.seed;
   lo.group_by_length = c.data.group_by_length;
+  lo.packing = c.data.packing;
   lo.n_epochs = 0;  // the step count decides the end
   lo.conversation_template = c.data.conversation_template;
   lo.max_len = c.data.max_len;

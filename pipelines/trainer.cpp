@@ -81,13 +81,12 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
     const torch::Tensor ids = batch->input_ids.to(device), mask = batch->attention_mask.to(device);
     const torch::Tensor labels = batch->labels.to(device);
     const torch::Tensor pixels = batch->pixel_values.defined() ? batch->pixel_values.to(device) : torch::Tensor();
+    const bool packed = !batch->packed_rows.empty();
+    const torch::Tensor positions = packed ? batch->position_ids.to(device) : torch::Tensor();
     losses.clear();
-    torch::Tensor logits = model->forward(ids, mask, pixels);  // (B, T, V)
-    const int64_t vocab = logits.size(-1);
-    // next-token loss: logits at t predict labels at t + 1; -100 ignored
-    torch::Tensor lm = torch::nn::functional::cross_entropy(
-        logits.slice(1, 0, -1).reshape({-1, vocab}).to(torch::kFloat32), labels.slice(1, 1).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+    torch::Tensor hidden = model->hidden(ids, mask, pixels, positions, packed ? &batch->packed_rows : nullptr);
+    // next-token loss at the supervised positions only: the state at t predicts labels at t + 1
+    torch::Tensor lm = model->language_model->next_token_loss(hidden, labels);
     torch::Tensor loss = lm;
     if (!losses.empty()) {
       BalanceLosses aux = sum_over_layers(losses);

@@ -27,7 +27,8 @@ void randomize(torch::nn::Module& module, double std = 0.3) {
 }
 
 std::vector<torch::Tensor> grads_of(torch::nn::Module& module, const torch::Tensor& x) {
-  std::vector<torch::Tensor> g = {x.grad().clone()};
+  std::vector<torch::Tensor> g;
+  if (x.requires_grad()) g.push_back(x.grad().clone());
   for (auto& p : module.parameters())
     if (p.grad().defined()) g.push_back(p.grad().clone());
   return g;
@@ -39,17 +40,20 @@ void zero_grads(torch::nn::Module& module, torch::Tensor& x) {
   if (x.grad().defined()) x.mutable_grad().zero_();
 }
 
-// Naive, dense and sparse dispatch (set into `options`) each give `want` from run(x), and the same gradients of x
-// and of every parameter of `module` for a random upstream gradient.
+// Every dispatch of `dispatches` (set into `options`; the first is the reference) gives `want` from run(x), and the
+// same gradients of x (when it has any) and of every parameter of `module` for a random upstream gradient. The
+// random state is the same for every run, so noisy gating draws the same noise.
 template <typename Run>
 void check_dispatches(torch::nn::Module& module, MoleOptions& options, torch::Tensor& x, const torch::Tensor& want,
-                      Run run) {
+                      Run run,
+                      std::vector<Dispatch> dispatches = {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
   std::vector<std::vector<torch::Tensor>> grads;
   auto upstream = torch::randn(want.sizes(), torch::kFloat64);
-  for (auto dispatch : {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse}) {
+  for (auto dispatch : dispatches) {
     INFO("dispatch " << enum_name(dispatch));
     zero_grads(module, x);
     options.dispatch(dispatch);
+    torch::manual_seed(1234);
     auto y = run(x);
     CHECK(max_abs_diff(y, want) < 1e-6);  // float32 gates
     (y * upstream).sum().backward();
@@ -177,8 +181,87 @@ TEST_CASE("FFN-level MoLE equals the per-token formula and dense, sparse and nai
       auto want = torch::stack(rows).detach();
 
       // the MLP block hands its computation to the adapter
-      check_dispatches(*ffn, ffn->options.mole(), x, want, [&](const torch::Tensor& in) { return mlp(in); });
+      check_dispatches(*ffn, ffn->options.mole(), x, want, [&](const torch::Tensor& in) { return mlp(in); },
+                       {Dispatch::kNaive, Dispatch::kDense, Dispatch::kSparse, Dispatch::kFused});
     }
+  }
+}
+
+namespace {
+
+// An FFN-level MoLE on a small float64 SwiGLU block with random LoRA factors and router (float32).
+struct FfnCase {
+  LlamaMlp mlp = nullptr;
+  std::shared_ptr<MoleFfnImpl> ffn;
+  FfnCase(int64_t d, int64_t f, const MoleOptions& options) {
+    TextConfig text;
+    text.hidden_size = d;
+    text.intermediate_size = f;
+    mlp = LlamaMlp(text);
+    mlp->to(torch::kFloat64);
+    ffn = std::make_shared<MoleFfnImpl>(MoleFfnOptions(d, f, options).layer_name("test.mlp"));
+    randomize(*ffn);
+    ffn->to(torch::kFloat64);
+    ffn->router->to(torch::kFloat32);
+    {
+      torch::NoGradGuard no_grad;
+      ffn->router->weight.normal_();
+      if (ffn->router->noise_weight.defined()) ffn->router->noise_weight.normal_(0.0, 0.5);
+    }
+    mlp->attach(ffn);
+  }
+  // The naive per-expert loop's output, with the random state every checked run starts from.
+  torch::Tensor naive(const torch::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    ffn->options.mole().dispatch(Dispatch::kNaive);
+    torch::manual_seed(1234);
+    return mlp(x);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("fused FFN-level MoLE equals the naive loop for every gating rule, top-k, empty experts, shared expert",
+          "[unit][moe][mole_ffn]") {
+  const int64_t n = 11, d = 6, f = 10, e = 4;
+  struct Rule {
+    Gating gating;
+    bool renormalize;
+  };
+  for (Rule rule : {Rule{Gating::kTopkSoftmax, false}, Rule{Gating::kSoftmaxTopk, false},
+                    Rule{Gating::kSoftmaxTopk, true}, Rule{Gating::kNoisyTopk, false}}) {
+    for (int64_t k = 1; k <= e; ++k) {
+      for (bool shared : {false, true}) {
+        INFO("gating " << enum_name(rule.gating) << " renormalize " << rule.renormalize << " top_k " << k
+                       << " shared " << shared);
+        torch::manual_seed(100 + k);
+        auto routing = RoutingOptions().top_k(k).gating(rule.gating).renormalize(rule.renormalize);
+        FfnCase c(d, f, MoleOptions().n_experts(e).routing(routing).rank(3).alpha(5.0).shared_expert(shared));
+        auto x = torch::randn({n, d}, torch::kFloat64).requires_grad_(true);
+        check_dispatches(*c.ffn, c.ffn->options.mole(), x, c.naive(x), [&](const torch::Tensor& in) { return c.mlp(in); },
+                         {Dispatch::kNaive, Dispatch::kFused});
+      }
+    }
+  }
+  // Experts 2-3 serve image tokens and every token is text: they get no tokens (and zero gradients).
+  for (int64_t k = 1; k <= 3; ++k) {
+    INFO("empty experts, top_k " << k);
+    torch::manual_seed(200 + k);
+    auto routing = RoutingOptions().top_k(k).mode(RoutingMode::kModalityGrouped).expert_modality({0, 0, 1, 1, -1});
+    FfnCase c(d, f, MoleOptions().n_experts(5).routing(routing).rank(2).alpha(2.0));
+    auto x = torch::randn({n, d}, torch::kFloat64).requires_grad_(true);
+    check_dispatches(*c.ffn, c.ffn->options.mole(), x, c.naive(x), [&](const torch::Tensor& in) { return c.mlp(in); },
+                     {Dispatch::kNaive, Dispatch::kFused});
+    CHECK(c.ffn->gate_B.grad()[2].abs().max().item<double>() == 0.0);
+    CHECK(c.ffn->down_A.grad()[3].abs().max().item<double>() == 0.0);
+  }
+  // An input without gradient (a first adapted layer behind frozen ones): the parameters' gradients still agree.
+  {
+    torch::manual_seed(300);
+    FfnCase c(d, f, MoleOptions().n_experts(e).routing(RoutingOptions().top_k(2)).rank(2));
+    auto x = torch::randn({n, d}, torch::kFloat64);
+    check_dispatches(*c.ffn, c.ffn->options.mole(), x, c.naive(x), [&](const torch::Tensor& in) { return c.mlp(in); },
+                     {Dispatch::kNaive, Dispatch::kFused});
   }
 }
 
