@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "language/llama_decoder.h"
@@ -57,6 +58,8 @@ struct Result {
   double ms;
 };
 
+std::string g_trace_prefix;  // --trace: one profiled step per variant, as a chrome trace (bench/trace_ops.py reads it)
+
 std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
   torch::manual_seed(0);
   TextConfig text;
@@ -80,6 +83,12 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
         if (p.grad().defined()) p.mutable_grad().reset();
     };
     double ms = median_ms(step, variant == "naive loop" ? std::max(1, reps / 2) : reps);
+    if (!g_trace_prefix.empty()) {
+      std::string name = s.name + "." + variant;
+      for (char& ch : name) ch = ch == ' ' || ch == '/' ? '_' : ch;
+      torch::autograd::profiler::RecordProfile profile(g_trace_prefix + name + ".json");
+      step();
+    }
     results.push_back({variant, ms});
     std::printf("  %-22s %10.1f ms/step\n", variant.c_str(), ms);
     std::fflush(stdout);
@@ -154,9 +163,10 @@ int main(int argc, char** argv) {
     else if (a == "--top-k") c.top_k = next(), custom = true;
     else if (a == "--reps") reps = static_cast<int>(next());
     else if (a == "--threads") torch::set_num_threads(static_cast<int>(next()));
+    else if (a == "--trace" && i + 1 < argc) g_trace_prefix = argv[++i];
     else {
       std::fprintf(stderr, "usage: bench_moe [--hidden D] [--ffn F] [--tokens N] [--rank R] [--experts E] "
-                           "[--top-k K] [--reps N] [--threads N]\n");
+                           "[--top-k K] [--reps N] [--threads N] [--trace PREFIX]\n");
       return a == "--help" ? 0 : 2;
     }
   }

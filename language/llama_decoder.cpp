@@ -59,8 +59,8 @@ torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
 namespace {
 // rotate_half(x) = cat(-x2, x1); x * cos + rotate_half(x) * sin. x (B, heads, T, Dh), cos/sin (B, T, Dh).
 torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  int64_t half = x.size(-1) / 2;
-  auto rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  auto halves = x.chunk(2, -1);  // (a split: its backward is one cat, where a slice's allocates the whole tensor)
+  auto rotated = torch::cat({-halves[1], halves[0]}, -1);
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 }  // namespace
@@ -79,27 +79,29 @@ namespace {
 // another sample. q (B, H, T, Dh), k, v (B, G, T, Dh) -> (B, H, T, Dh)
 torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const PackedRows& rows, const TextConfig& config) {
+  // Splits, not slices: a split's backward is one cat, where each slice's backward would allocate the whole row.
   const int64_t width = q.size(2);
   const bool gqa = config.n_kv_heads != config.n_heads;
+  auto q_rows = q.split(1, 0), k_rows = k.split(1, 0), v_rows = v.split(1, 0);
   std::vector<torch::Tensor> out_rows;
   for (size_t b = 0; b < rows.size(); ++b) {
     std::vector<int64_t> lengths = rows[b];
     int64_t used = 0;
     for (int64_t len : lengths) used += len;
     if (used < width) lengths.push_back(width - used);
+    auto qs = q_rows[b].split_with_sizes(lengths, 2), ks = k_rows[b].split_with_sizes(lengths, 2),
+         vs = v_rows[b].split_with_sizes(lengths, 2);  // (1, H|G, len, Dh) each
     std::vector<torch::Tensor> parts;
-    int64_t start = 0;
-    for (int64_t len : lengths) {
-      auto slice = [&](const torch::Tensor& t) { return t.narrow(0, int64_t(b), 1).narrow(2, start, len); };
-      auto qs = slice(q), ks = slice(k), vs = slice(v);  // (1, H|G, len, Dh)
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const int64_t len = lengths[i];
       if (config.sliding_window > 0 && len > config.sliding_window) {
         auto mask = causal_attention_mask(torch::ones({1, len}, torch::kInt64), 0, len, config.sliding_window,
                                           q.scalar_type()).to(q.device());
-        parts.push_back(torch::scaled_dot_product_attention(qs, ks, vs, mask, 0.0, false, std::nullopt, gqa));
+        parts.push_back(torch::scaled_dot_product_attention(qs[i], ks[i], vs[i], mask, 0.0, false, std::nullopt, gqa));
       } else {
-        parts.push_back(torch::scaled_dot_product_attention(qs, ks, vs, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa));
+        parts.push_back(
+            torch::scaled_dot_product_attention(qs[i], ks[i], vs[i], {}, 0.0, /*is_causal=*/true, std::nullopt, gqa));
       }
-      start += len;
     }
     out_rows.push_back(parts.size() == 1 ? parts[0] : torch::cat(parts, 2));
   }

@@ -149,9 +149,24 @@ torch::Tensor LlavaImpl::hidden(const torch::Tensor& input_ids, const torch::Ten
   auto mask = attention_mask.defined() ? attention_mask : torch::ones_like(input_ids);
   TORCH_CHECK(mask.sizes() == input_ids.sizes(), "llava: attention_mask ", mask.sizes(), " must match input_ids ",
               input_ids.sizes());
-  TORCH_CHECK(!packed || position_ids.defined(), "llava: packed rows need their position_ids");
+  TORCH_CHECK(!packed || (position_ids.defined() && !trace), "llava: packed rows need their position_ids (and no trace)");
   auto positions = position_ids.defined() ? position_ids : positions_from_mask(mask);
   auto embeds = embed(input_ids, pixel_values, trace);
+  if (packed) {
+    // Padding-free: the decoder runs on the real tokens alone, every sample of every row one after the other in
+    // a single sequence (attention stays within each sample), and the states go back to their row positions.
+    const int64_t b = input_ids.size(0), t = input_ids.size(1), d = embeds.size(2);
+    auto keep = mask.reshape({-1}).nonzero().squeeze(1);  // (N) the real tokens, row-major
+    auto pick = [&](const torch::Tensor& x) { return x.reshape({-1}).index_select(0, keep).unsqueeze(0); };
+    PackedRows samples(1);
+    for (const auto& row : *packed) samples[0].insert(samples[0].end(), row.begin(), row.end());
+    auto ids = pick(input_ids), ones = torch::ones_like(ids);  // (1, N)
+    RoutingContext context = routing_context_for(token_modality(ids), ones);
+    RoutingScope scope(&context);
+    auto states = language_model->model->forward(embeds.reshape({-1, d}).index_select(0, keep).unsqueeze(0),
+                                                 pick(positions), ones, nullptr, nullptr, &samples);  // (1, N, D)
+    return torch::zeros({b * t, d}, states.options()).index_copy(0, keep, states[0]).view({b, t, d});
+  }
   RoutingContext context = routing_context_for(token_modality(input_ids), mask);
   RoutingScope scope(&context);
   return language_model->model->forward(embeds, positions, mask, nullptr, trace ? &trace->hidden_states : nullptr,

@@ -19,30 +19,33 @@ using torch::autograd::variable_list;
 // The (token, slot) assignments of a routing sorted by expert: expert e owns rows [offsets[e], offsets[e+1]).
 struct Assignments {
   Tensor order;                  // (A) position of each sorted assignment in the token-major (N*K) layout
+  Tensor inverse;                // (A) position in the sorted order of each token-major assignment
   Tensor token;                  // (A) its token
   std::vector<int64_t> offsets;  // E+1
-  bool one_per_token = false;    // K == 1: every token appears once, so scatters are copies
+  int64_t k = 1;
 
   static Assignments sort(const Tensor& topk_index, int64_t n_experts) {
     Assignments a;
-    const int64_t k = topk_index.size(1);
+    a.k = topk_index.size(1);
     auto flat = topk_index.reshape({-1});  // (N*K) token-major
     a.order = std::get<1>(torch::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-    a.token = k == 1 ? a.order : torch::div(a.order, k, "floor");
+    a.inverse = torch::empty_like(a.order).index_copy_(0, a.order, torch::arange(a.order.numel(), a.order.options()));
+    a.token = a.k == 1 ? a.order : torch::div(a.order, a.k, "floor");
     auto counts = torch::bincount(flat, {}, n_experts).cpu();  // the one host sync of the layer
     auto c = counts.accessor<int64_t, 1>();
     a.offsets.assign(1, 0);
     for (int64_t e = 0; e < n_experts; ++e) a.offsets.push_back(a.offsets.back() + c[e]);
-    a.one_per_token = k == 1;
     return a;
   }
   int64_t begin(int64_t e) const { return offsets[e]; }
   int64_t count(int64_t e) const { return offsets[e + 1] - offsets[e]; }
 
-  // rows (A, C) summed back into their tokens (N, C)
-  Tensor scatter(const Tensor& rows, int64_t n_tokens) const {
-    if (one_per_token) return torch::empty({n_tokens, rows.size(1)}, rows.options()).index_copy_(0, token, rows);
-    return torch::zeros({n_tokens, rows.size(1)}, rows.options()).index_add_(0, token, rows);
+  // rows (A, C) summed back into their tokens (N, C): gathered into the token-major order (a parallel row copy;
+  // CPU index_add_ adds row by row) and summed over each token's K slots.
+  Tensor scatter(const Tensor& rows) const {
+    auto token_major = rows.index_select(0, inverse);  // (N*K, C)
+    if (k == 1) return token_major;
+    return token_major.view({-1, k, rows.size(1)}).sum(1);
   }
 };
 
@@ -104,11 +107,12 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
       mm_into(ad_e, h.narrow(0, b, c), down_A[e].t());
       mm_into(down_rows.narrow(0, b, c), ad_e, down_B[e].t());
     }
-    auto mixed = a.scatter(h.mul_(w), n);                 // sum_i G_i h_i
-    auto down = a.scatter(down_rows.mul_(w * s), n);      // sum_i G_i s B^d_i A^d_i h_i
+    auto mixed = a.scatter(h.mul_(w));                 // sum_i G_i h_i
+    auto down = a.scatter(down_rows.mul_(w * s));      // sum_i G_i s B^d_i A^d_i h_i
 
     ctx->save_for_backward({xa, gate_A, gate_B, up_A, up_B, down_A, down_B});
     ctx->saved_data["order"] = a.order;
+    ctx->saved_data["inverse"] = a.inverse;
     ctx->saved_data["token"] = a.token;
     ctx->saved_data["offsets"] = list_to_tensor(a.offsets);
     ctx->saved_data["w"] = w;
@@ -131,10 +135,11 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
                  &down_A = saved[5], &down_B = saved[6];
     Assignments a;
     a.order = ctx->saved_data["order"].toTensor();
+    a.inverse = ctx->saved_data["inverse"].toTensor();
     a.token = ctx->saved_data["token"].toTensor();
     a.offsets = tensor_to_list(ctx->saved_data["offsets"].toTensor());
     const int64_t n = ctx->saved_data["n"].toInt(), k = ctx->saved_data["k"].toInt();
-    a.one_per_token = k == 1;
+    a.k = k;
     auto w = ctx->saved_data["w"].toTensor();  // (A, 1)
     auto gs = ctx->saved_data["gs"].toTensor(), us = ctx->saved_data["us"].toTensor();
     auto a_g = ctx->saved_data["a_g"].toTensor(), a_u = ctx->saved_data["a_u"].toTensor();
@@ -200,11 +205,11 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
         dx_e.addmm_(d_au, up_A[e]);
       }
     }
-    auto d_g0 = ctx->needs_input_grad(0) ? a.scatter(d_gs, n) : Tensor();
-    auto d_u0 = ctx->needs_input_grad(1) ? a.scatter(d_us, n) : Tensor();
-    auto d_xa = want_x ? a.scatter(d_xs, n) : Tensor();
+    auto d_g0 = ctx->needs_input_grad(0) ? a.scatter(d_gs) : Tensor();
+    auto d_u0 = ctx->needs_input_grad(1) ? a.scatter(d_us) : Tensor();
+    auto d_xa = want_x ? a.scatter(d_xs) : Tensor();
     // the gate weights back in the token-major (N, K) layout
-    auto d_topk = torch::empty({rows}, opts).index_copy_(0, a.order, d_weight.squeeze(1)).view({n, k});
+    auto d_topk = d_weight.squeeze(1).index_select(0, a.inverse).view({n, k});
     return {d_g0, d_u0, d_xa, d_topk, Tensor(), g_gate_A, g_gate_B, g_up_A, g_up_B, g_down_A, g_down_B,
             Tensor(), Tensor()};
   }

@@ -14,7 +14,7 @@ LoraImpl::LoraImpl(const LoraOptions& options_) : options(options_) {
   TORCH_CHECK(options.rank() >= 1, "LoRA: rank must be >= 1");
   lora_A = register_module("lora_A", Linear(LinearOptions(options.in_features(), options.rank()).bias(false)));
   lora_B = register_module("lora_B", Linear(LinearOptions(options.rank(), options.out_features()).bias(false)));
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", Dropout(options.dropout()));
   if (!NoInitGuard::active()) reset_parameters();
 }
 
@@ -26,8 +26,8 @@ void LoraImpl::reset_parameters() {
 
 torch::Tensor LoraImpl::delta(const torch::Tensor& x) {
   auto dtype = lora_A->weight.scalar_type();
-  auto h = lora_A->base_forward(dropout(x.to(dtype)));              // (..., R)
-  return (lora_B->base_forward(h) * scale()).to(x.scalar_type());  // (..., O)
+  auto h = lora_A->base_forward(dropout(x.to(dtype))) * scale();  // (..., R): s scales the narrow side
+  return lora_B->base_forward(h).to(x.scalar_type());            // (..., O)
 }
 
 torch::Tensor LoraImpl::merged_delta() { return torch::matmul(lora_B->weight, lora_A->weight) * scale(); }

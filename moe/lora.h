@@ -8,8 +8,7 @@
 
 #include <cstdint>
 
-#include <torch/nn/modules/dropout.h>
-
+#include "core/dropout.h"
 #include "core/linear.h"
 
 namespace mole {
@@ -40,7 +39,7 @@ class LoraImpl : public LinearAdapter {
   LoraOptions options;
   Linear lora_A = nullptr;  // (R, I)
   Linear lora_B = nullptr;  // (O, R)
-  torch::nn::Dropout dropout = nullptr;
+  Dropout dropout = nullptr;  // on the adapter input (core/dropout.h)
 };
 TORCH_MODULE(Lora);
 

@@ -23,7 +23,7 @@ void MoleFfnImpl::reset() {
   up_B = register_parameter("up_B", torch::empty({e, f, r}));
   down_A = register_parameter("down_A", torch::empty({e, r, f}));
   down_B = register_parameter("down_B", torch::empty({e, d, r}));
-  dropout = register_module("dropout", torch::nn::Dropout(mole.dropout()));
+  dropout = register_module("dropout", Dropout(mole.dropout()));
   if (mole.shared_expert()) {
     shared_gate = register_module("shared_gate", Lora(lora_options(d, f, mole)));
     shared_up = register_module("shared_up", Lora(lora_options(d, f, mole)));

@@ -15,8 +15,7 @@
 #include <cstdint>
 #include <string>
 
-#include <torch/nn/modules/dropout.h>
-
+#include "core/dropout.h"
 #include "core/linear.h"
 #include "moe/lora.h"
 #include "moe/mole_options.h"
@@ -51,7 +50,7 @@ class MoleFfnImpl : public FfnAdapter {
   torch::Tensor down_A;        // (E, R, F)
   torch::Tensor down_B;        // (E, D, R)
   Lora shared_gate = nullptr, shared_up = nullptr, shared_down = nullptr;
-  torch::nn::Dropout dropout = nullptr;
+  Dropout dropout = nullptr;  // on the adapter input (core/dropout.h)
 };
 TORCH_MODULE(MoleFfn);
 

@@ -17,7 +17,7 @@ void MoleLinearImpl::reset() {
   router = register_module("router", Router(mole.router(in)));
   lora_A = register_parameter("lora_A", torch::empty({e, r, in}));
   lora_B = register_parameter("lora_B", torch::empty({e, out, r}));
-  dropout = register_module("dropout", torch::nn::Dropout(mole.dropout()));
+  dropout = register_module("dropout", Dropout(mole.dropout()));
   if (mole.shared_expert()) shared = register_module("shared", Lora(lora_options(in, out, mole)));
   if (!NoInitGuard::active()) reset_parameters();
 }

@@ -8,8 +8,7 @@
 #include <cstdint>
 #include <string>
 
-#include <torch/nn/modules/dropout.h>
-
+#include "core/dropout.h"
 #include "core/linear.h"
 #include "moe/lora.h"
 #include "moe/mole_options.h"
@@ -42,7 +41,7 @@ class MoleLinearImpl : public LinearAdapter {
   torch::Tensor lora_A;  // (E, R, I)
   torch::Tensor lora_B;  // (E, O, R)
   Lora shared = nullptr;  // optional always-on expert
-  torch::nn::Dropout dropout = nullptr;
+  Dropout dropout = nullptr;  // on the adapter input (core/dropout.h)
 };
 TORCH_MODULE(MoleLinear);
 

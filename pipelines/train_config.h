@@ -125,6 +125,7 @@ struct RunSection {
   int64_t threads = 0;                   // 0: mole's default (MOLE_THREADS or every core)
   std::string device = "cpu";
   ProgressMode progress = ProgressMode::kAuto;
+  int64_t profile_step = 0;              // 0: off
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
@@ -137,6 +138,9 @@ struct RunSection {
     v("threads", self.threads, "LibTorch threads (0: MOLE_THREADS or every core)");
     v("device", self.device, "cpu or cuda[:N]");
     v("progress", self.progress, "a progress bar (auto: on a terminal), log lines, or nothing");
+    v("profile_step", self.profile_step,
+      "write OUT/profile_step_N.json, a chrome trace of the ops of step N's forward and backward (bench/trace_ops.py "
+      "sums it per op; 0: off)");
   }
 };
 

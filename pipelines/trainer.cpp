@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <optional>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "core/json_config.h"
@@ -173,7 +174,14 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
       result.stopped = true;
       break;
     }
-    const StepStats stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses);
+    StepStats stats;
+    if (state.step + 1 == c.run.profile_step) {  // the step's forward and backward, op by op
+      torch::autograd::profiler::RecordProfile profile(c.out_dir + "/profile_step_" +
+                                                        std::to_string(c.run.profile_step) + ".json");
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses);
+    } else {
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses);
+    }
     const double lr_multiplier = cosine_with_warmup(state.step, warmup, state.total_steps, c.optim.min_lr_ratio);
     ++state.step;  // a skipped step consumes its batches: schedule and data stay in step with a clean run
     if (!stats.finite()) {

@@ -1,7 +1,7 @@
 """LLaVA-1.5 LoRA finetuning with Hugging Face transformers + PEFT (or MixLoRA's MoE-LoRA), timed per step.
 
-    python bench/vs_hf/hf_train.py --model CKPT --tokenizer TOKENIZER --data instruct.json --images DIR --max-len 256 --steps 23 \
-        --threads 2 --out result.json [--adapter lora|mixlora]
+    python bench/vs_hf/hf_train.py --model CKPT --tokenizer TOKENIZER --data instruct.json --images DIR \
+        --max-len 256 --steps 15 --threads 2 --out result.json [--adapter lora|mixlora]
 
 The recipe is LLaVA-1.5's finetune_lora (llava/train/train.py), in float32 on the CPU:
   - records formatted with the vicuna_v1 template and masked as preprocess_v1 does (only the answers and their
@@ -14,7 +14,8 @@ The recipe is LLaVA-1.5's finetune_lora (llava/train/train.py), in float32 on th
   - torch.optim.AdamW (no weight decay), cosine schedule with 3% warm-up, clip_grad_norm_ 1.0.
 The batches are mole's (data/loader.cpp epoch_batches with seed 0, no length grouping), so both programs train
 on the same samples in the same order. Writes --out: trainable parameter count and, per step, the wall-clock
-time at its end, non-padding tokens (attention_mask sum, image placeholders expanded), samples and loss.
+time at its end, the time it waited for its batch, non-padding tokens (attention_mask sum, image placeholders
+expanded), samples and loss.
 """
 import argparse
 import functools
@@ -182,8 +183,9 @@ def add_peft_lora(model, rank, alpha, dropout):
 
 def add_mixlora(model, rank, alpha, dropout, n_experts, top_k):
     """MixLoRA (pip mixlora) on the language model: its injector puts LoRA experts on the FFN (one router per
-    block, top-k) and LoRA on attention. The package only loads trained weights, so it is given freshly
-    initialised ones (A Kaiming-uniform as its LoraLinear, B zero, router std 0.02) as trainable tensors."""
+    block, top-k, shared gate/up/down base projections) and LoRA on attention. The package only loads trained
+    weights, so it is given freshly initialised ones (A Kaiming-uniform as its LoraLinear, B zero, router std
+    0.02) as trainable tensors. Its forward computes no balance loss (that lives in the MoE-PEFT trainer)."""
     from mixlora import MixLoraConfig, inject_adapter_in_model
 
     text = model.model.language_model
@@ -195,20 +197,19 @@ def add_mixlora(model, rank, alpha, dropout, n_experts, top_k):
     config.adapter_name_, config.dtype_ = "default", torch.float32
     config.check()
 
-    def lora_pair(linear):
+    def add_lora(prefix, linear):
         a = torch.empty(rank, linear.in_features)
         torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        return a, torch.zeros(linear.out_features, rank)
+        weights[prefix + ".lora_A.weight"] = a
+        weights[prefix + ".lora_B.weight"] = torch.zeros(linear.out_features, rank)
 
     weights = {}
     for i, layer in enumerate(text.layers):
         for name in TARGETS[:4]:
-            prefix = f"mixlora.layers.{i}.self_attn.{name}"
-            weights[prefix + ".lora_A.weight"], weights[prefix + ".lora_B.weight"] = lora_pair(getattr(layer.self_attn, name))
+            add_lora(f"mixlora.layers.{i}.self_attn.{name}", getattr(layer.self_attn, name))
         for name in FFN_TARGETS:
             for e in range(n_experts):
-                prefix = f"mixlora.layers.{i}.mlp.{name}.experts.{e}"
-                weights[prefix + ".lora_A.weight"], weights[prefix + ".lora_B.weight"] = lora_pair(getattr(layer.mlp, name))
+                add_lora(f"mixlora.layers.{i}.mlp.{name}.experts.{e}", getattr(layer.mlp, name))
         weights[f"mixlora.layers.{i}.mlp.moe_gate.weight"] = (0.02 * torch.randn(n_experts, hidden)).requires_grad_()
     # inject_adapter_in_model walks model.model.layers and reads model.config.model_type ("llama")
     inject_adapter_in_model(SimpleNamespace(model=text, config=model.config.text_config), config, weights)
@@ -252,7 +253,6 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     processor = CLIPImageProcessorPil.from_pretrained(args.model)
     model = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
-    model.config.use_cache = False  # as LLaVA's train.py: no KV cache while training
     model.requires_grad_(False)
     if args.adapter == "lora":
         model, trainable = add_peft_lora(model, args.rank, args.alpha, args.dropout)
@@ -270,8 +270,9 @@ def main():
     vision_config = model.config.vision_config
     n_image_tokens = (vision_config.image_size // vision_config.patch_size) ** 2  # strategy "default": CLS dropped
     samples = LlavaSamples(records, args.images, tokenizer, processor, n_image_tokens, args.max_len)
-    loader = torch.utils.data.DataLoader(samples, batch_sampler=mole_batches(len(records), args.batch_size, args.steps),
-                                         num_workers=1, collate_fn=functools.partial(pad_right, pad_id=tokenizer.pad_token_id))
+    batches = mole_batches(len(records), args.batch_size, args.steps)
+    loader = torch.utils.data.DataLoader(samples, batch_sampler=batches, num_workers=1,
+                                         collate_fn=functools.partial(pad_right, pad_id=tokenizer.pad_token_id))
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.03 * args.steps), args.steps)
 
@@ -283,7 +284,7 @@ def main():
         wait_start = time.perf_counter()
         batch = next(batches)
         data_wait = time.perf_counter() - wait_start
-        loss = model(**batch).loss
+        loss = model(**batch, use_cache=False).loss  # as LLaVA's train.py: no KV cache while training
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()

@@ -51,13 +51,15 @@ def llava_config(shape, tokenizer):
     text = LlamaConfig(vocab_size=len(tokenizer), rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
                        hidden_act="silu", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, **s["text"])
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                       projector_hidden_act="gelu", vision_feature_layer=-1, vision_feature_select_strategy="default",
+    return LlavaConfig(vision_config=vision, text_config=text,
+                       image_token_index=tokenizer.convert_tokens_to_ids("<image>"), projector_hidden_act="gelu",
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
 
 
 def preprocessor_config(size):
-    # As llava-hf/llava-1.5-7b-hf's preprocessor_config.json, at the tower's size (tests/reference/make_image_reference.py).
+    # As llava-hf/llava-1.5-7b-hf's preprocessor_config.json, at the tower's size
+    # (tests/reference/make_image_reference.py hf_config).
     return {"crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
             "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": CLIP_MEAN,
             "image_processor_type": "CLIPImageProcessor", "image_std": CLIP_STD, "resample": 3,

@@ -1,17 +1,19 @@
 """Training speed of mole against Hugging Face transformers + PEFT (and MixLoRA) on the same LLaVA finetune.
 
     .venv/bin/python bench/vs_hf/vs_hf.py --mole build/mole --out /tmp/vs_hf [--steps 12] [--warmup 3]
-        [--threads T] [--shapes demo,medium]
+        [--threads T] [--shapes demo,medium] [--repeat R]
 
 What is measured. For each model shape (llava_checkpoint.py: "demo" is `mole demo`'s 1.4 M-parameter LLaVA,
 "medium" a 30 M one), one random-initialised checkpoint written by transformers is finetuned LLaVA-1.5 style
 (stage 2: adapter + projector trained, vision tower and language model frozen, vicuna_v1 template, batch 8,
 float32, AdamW lr 2e-4, clipping at 1.0, one data worker, T compute threads) by:
-  hf_lora   transformers + PEFT LoRA r 16 / alpha 32 / dropout 0.05 on q,k,v,o,gate,up,down (hf_train.py)
-  mole_lora `mole train` with the same LoRA
-  mole_e4k1 mole MoLE at FFN level, 4 experts top-1 (learned routing, switch_aux 0.01), attention LoRA r 16
-  mole_e8k2 the same with 8 experts top-2
-  mixlora   MixLoRA (pip mixlora) in transformers: 4 experts top-1 on the FFN, LoRA r 16 on attention
+  hf_lora           transformers + PEFT LoRA r 16 / alpha 32 / dropout 0.05 on q,k,v,o,gate,up,down (hf_train.py)
+  mole_lora         `mole train` with the same LoRA, as a user runs it: its defaults, so data.packing (a batch's
+                    samples laid end to end in rows of up to max_len; the decoder computes no padding)
+  mole_e4k1         mole MoLE at FFN level, 4 experts top-1 (learned routing, switch_aux 0.01), attention LoRA r 16
+  mole_e8k2         the same with 8 experts top-2
+  mole_lora_padded  mole_lora with packing off: padded batches, as HF computes them
+  mixlora           MixLoRA (pip mixlora) in transformers: 4 experts top-1 on the FFN, LoRA r 16 on attention
 Both programs train on the same samples in the same order (hf_train.py replays mole's loader order and
 tokenizes as LLaVA's preprocess_v1, which gives mole's ids): the per-window token counts of mole's
 metrics.jsonl are checked against hf_train's, and the trainable parameter counts are printed side by side.
@@ -21,8 +23,10 @@ from the end of the last warm-up step to the end of the last step (data loading,
 and the optimizer step included; start-up, checkpoints and files excluded). tokens/s counts non-padding tokens
 (attention_mask sum; each <image> counts its image tokens), as mole's metrics do (StepStats.tokens = the
 batch's sample lengths). mole's times are the "seconds" field of metrics.jsonl at the window ends, with
-run.log_every = the warm-up steps, so the first window is the warm-up. Prints a table per shape, writes
-OUT/results.json, and ends with the line
+run.log_every = the warm-up steps, so the first window is the warm-up. With --repeat R every run is done R
+times, in rounds, and its fastest is kept: on a machine shared with other work (two OpenMP threads on two
+cores slow down many times when a third process takes a core) that is the closest to its speed alone.
+Prints a table per shape, writes OUT/results.json, and ends with the line
     ratio_lora_vs_hf=X ratio_mole_vs_hf=Y
 X = mole_lora / hf_lora tokens/s and Y = mole_e4k1 / hf_lora tokens/s, each the minimum over the shapes.
 """
@@ -43,11 +47,14 @@ LORA = {"kind": "lora", "rank": 16, "alpha": 32, "dropout": 0.05, "targets": TAR
 # as `mole demo`'s mole_learned (pipelines/cmd_demo.cpp adapters()), with this benchmark's dropout
 MOLE_FFN = dict(LORA, kind="mole", granularity="ffn", routing_mode="learned", lora_elsewhere=True,
                 losses={"switch_aux": 0.01})
-MOLE_RUNS = {"mole_lora": LORA,
-             "mole_e4k1": dict(MOLE_FFN, n_experts=4, top_k=1),
-             "mole_e8k2": dict(MOLE_FFN, n_experts=8, top_k=2)}
+# name -> (adapter, data.packing): mole's default (packed) but for the padded reference row
+MOLE_RUNS = {"mole_lora": (LORA, True),
+             "mole_e4k1": (dict(MOLE_FFN, n_experts=4, top_k=1), True),
+             "mole_e8k2": (dict(MOLE_FFN, n_experts=8, top_k=2), True),
+             "mole_lora_padded": (LORA, False)}
 LABELS = {"hf_lora": "HF transformers + PEFT LoRA", "mole_lora": "mole LoRA",
           "mole_e4k1": "mole MoLE ffn, 4 experts top-1", "mole_e8k2": "mole MoLE ffn, 8 experts top-2",
+          "mole_lora_padded": "mole LoRA, padded batches (packing off)",
           "mixlora": "MixLoRA (transformers), 4 experts top-1"}
 # LLaVA conversation.py conv_vicuna_v1.system; the demo adds it to the tokenizer corpus so it costs few tokens
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -71,7 +78,8 @@ def make_data(mole, out, size, n_images):
     data = f"{out}/data_{size}px"
     if not os.path.exists(f"{data}/instruct.json"):
         run([mole, "make-data", "shapes", "--out", data, "--train", str(n_images), "--eval", "10",
-             "--text-train", str(n_images // 2), "--text-eval", "10", "--size", str(size)], f"{out}/logs/make_data_{size}.log")
+             "--text-train", str(n_images // 2), "--text-eval", "10", "--size", str(size)],
+            f"{out}/logs/make_data_{size}.log")
     return data
 
 
@@ -130,13 +138,15 @@ def speed(tokens, samples, seconds, n_steps, data_wait):
 def run_hf(python, name, args, out, shape, checkpoint, tokenizer, data, adapter):
     result = f"{out}/runs/{shape}/{name}.json"
     run([python, f"{HERE}/hf_train.py", "--adapter", adapter, "--model", checkpoint, "--tokenizer", tokenizer,
-         "--data", f"{data}/instruct.json", "--images", data, "--max-len", str(llava_checkpoint.SHAPES[shape]["max_len"]),
+         "--data", f"{data}/instruct.json", "--images", data,
+         "--max-len", str(llava_checkpoint.SHAPES[shape]["max_len"]),
          "--steps", str(args.warmup + args.steps), "--threads", str(args.threads), "--batch-size", str(BATCH),
          "--lr", str(LR), "--out", result], f"{out}/logs/{shape}_{name}.log")
     with open(result) as f:
         r = json.load(f)
     steps, w = r["steps"], args.warmup
     measured = steps[w:]
+    r["warmup_loss"] = sum(s["loss"] for s in steps[:w]) / w
     r.update(speed(sum(s["tokens"] for s in measured), sum(s["samples"] for s in measured),
                    steps[-1]["end_s"] - steps[w - 1]["end_s"], len(measured), sum(s["data_wait_s"] for s in measured)))
     return r
@@ -147,19 +157,21 @@ def run_mole(mole, name, args, out, shape, checkpoint, data, reference_steps):
     folder = f"{out}/runs/{shape}/{name}"
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
+    adapter, packing = MOLE_RUNS[name]
     config = {"stage": "finetune", "out": folder,
-              "model": {"base": checkpoint, "adapter": MOLE_RUNS[name], "train_projector": True},
+              "model": {"base": checkpoint, "adapter": adapter, "train_projector": True},
               "data": {"train": [f"{data}/instruct.json"], "images": data, "template": "vicuna_v1",
                        "max_len": llava_checkpoint.SHAPES[shape]["max_len"], "batch_size": BATCH, "workers": 1,
-                       "group_by_length": False},
+                       "group_by_length": False, "packing": packing},
               "optim": {"steps": args.warmup + args.steps, "lr": LR, "weight_decay": 0.0, "warmup_ratio": 0.03,
                         "clip": 1.0, "bf16": False},
               "run": {"seed": 0, "log_every": args.warmup, "save_every": 0, "threads": args.threads,
                       "progress": "lines"}}
-    with open(f"{folder}.json", "w") as f:
+    config_file = f"{folder}_config.json"
+    with open(config_file, "w") as f:
         json.dump(config, f, indent=1)
     log = f"{out}/logs/{shape}_{name}.log"
-    run([mole, "train", "--config", f"{folder}.json"], log)
+    run([mole, "train", "--config", config_file], log)
     with open(log) as f:  # "mole train finetune: N parameters trainable of M (..%)"
         trainable = next(int(line.split(": ")[1].split()[0]) for line in f if " parameters trainable of " in line)
     with open(f"{folder}/metrics.jsonl") as f:
@@ -183,31 +195,47 @@ def run_mole(mole, name, args, out, shape, checkpoint, data, reference_steps):
 
 
 def bench_shape(args, out, shape, tokenizer, mixlora):
+    """Every run of one shape, args.repeat rounds of all of them; each run's fastest round is kept."""
     size = llava_checkpoint.image_size(shape)
     data = make_data(args.mole, out, size, args.train_images)
     checkpoint = make_checkpoint(args.mole, out, shape, tokenizer)
     os.makedirs(f"{out}/runs/{shape}", exist_ok=True)
-    rows = {}
-    print(f"{shape}: hf_lora", flush=True)
-    rows["hf_lora"] = run_hf(sys.executable, "hf_lora", args, out, shape, checkpoint, tokenizer, data, "lora")
-    rows["hf_lora"]["warmup_loss"] = sum(s["loss"] for s in rows["hf_lora"]["steps"][:args.warmup]) / args.warmup
-    for name in MOLE_RUNS:
-        print(f"{shape}: {name}", flush=True)
-        rows[name] = run_mole(args.mole, name, args, out, shape, checkpoint, data, rows["hf_lora"]["steps"])
-        if not rows[name]["same_samples_as_hf"]:
-            print(f"{shape}: {name}: WARNING: its window token counts differ from hf_lora's: not the same samples")
-    python, why = mixlora
-    if python:
-        print(f"{shape}: mixlora", flush=True)
-        try:
-            rows["mixlora"] = run_hf(python, "mixlora", args, out, shape, checkpoint, tokenizer, data, "mixlora")
-        except RuntimeError as e:
-            why = str(e)
-    if why:
-        print(f"{shape}: mixlora: n/a: {why}")
-        rows["mixlora"] = {"n/a": why}
-    for r in rows.values():
+
+    def hf(python, name, adapter):
+        return lambda: run_hf(python, name, args, out, shape, checkpoint, tokenizer, data, adapter)
+
+    def mole(name):  # checked against the hf_lora run done before it in the round
+        return lambda: run_mole(args.mole, name, args, out, shape, checkpoint, data, rows["hf_lora"]["steps"])
+
+    runs = {"hf_lora": hf(sys.executable, "hf_lora", "lora")}
+    runs.update({name: mole(name) for name in MOLE_RUNS})
+    mixlora_python, why_not = mixlora
+    if mixlora_python:
+        runs["mixlora"] = hf(mixlora_python, "mixlora", "mixlora")
+    rows, rounds = {}, {name: [] for name in runs}
+    for round_ in range(args.repeat):
+        for name, go in list(runs.items()):
+            rounds_text = f" (round {round_ + 1} of {args.repeat})" if args.repeat > 1 else ""
+            print(f"{shape}: {name}{rounds_text}", flush=True)
+            try:
+                r = go()
+            except RuntimeError as e:
+                if name != "mixlora":
+                    raise
+                why_not = str(e)
+                del runs[name]
+                continue
+            rounds[name].append(r["tokens_per_s"])
+            if name not in rows or r["tokens_per_s"] > rows[name]["tokens_per_s"]:
+                rows[name] = r
+            if not r.get("same_samples_as_hf", True):
+                print(f"{shape}: {name}: WARNING: its window token counts differ from hf_lora's: not the same samples")
+    if why_not:
+        print(f"{shape}: mixlora: n/a: {why_not}")
+        rows["mixlora"] = {"n/a": why_not}
+    for name, r in rows.items():
         r.pop("steps", None)
+        r["rounds_tokens_per_s"] = rounds.get(name, [])
     return rows
 
 
@@ -238,6 +266,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="steps before the measured ones (not timed)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="compute threads (default: every core)")
     ap.add_argument("--shapes", default="demo,medium", help="comma-separated: " + ",".join(llava_checkpoint.SHAPES))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every run, the fastest kept (a shared machine's other load only slows a run)")
     ap.add_argument("--train-images", type=int, default=200, help="images of the shapes data (about 2 records each)")
     ap.add_argument("--mixlora-venv", default="/tmp/mixlora-venv", help="the separate venv MixLoRA is installed in")
     args = ap.parse_args()
@@ -245,8 +275,8 @@ def main():
     for shape in shapes:
         if shape not in llava_checkpoint.SHAPES:
             ap.error(f"--shapes: unknown shape '{shape}' (known: {', '.join(llava_checkpoint.SHAPES)})")
-    if args.steps < 1 or args.warmup < 1:
-        ap.error("--steps and --warmup must be at least 1")
+    if min(args.steps, args.warmup, args.repeat) < 1:
+        ap.error("--steps, --warmup and --repeat must be at least 1")
     args.mole = os.path.abspath(args.mole)
     out = os.path.abspath(args.out)
     os.makedirs(f"{out}/logs", exist_ok=True)
@@ -256,7 +286,7 @@ def main():
     mixlora = mixlora_python(args.mixlora_venv)
     print(f"{args.threads} threads, {args.warmup} warm-up + {args.steps} measured steps per run", flush=True)
     results = {"threads": args.threads, "warmup_steps": args.warmup, "measured_steps": args.steps, "batch": BATCH,
-               "shapes": {}}
+               "repeat": args.repeat, "shapes": {}}
     for shape in shapes:
         results["shapes"][shape] = {"runs": bench_shape(args, out, shape, tokenizer, mixlora)}
     for shape, result in results["shapes"].items():
