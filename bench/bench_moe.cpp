@@ -21,6 +21,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
+#include "core/host_memory.h"
 #include "language/llama_decoder.h"
 #include "moe/lora.h"
 #include "moe/mole_ffn.h"
@@ -141,6 +142,7 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  keep_freed_host_memory();  // as the mole program does (core/host_memory.h)
   torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
   std::vector<Shape> shapes = {{"llama-7b-ffn", 4096, 11008, 256, 16, 8, 2}, {"tiny-demo", 256, 704, 1024, 8, 8, 2}};
   int reps = 3;

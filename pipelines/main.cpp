@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include "core/host_memory.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
 
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   for (const auto& c : kCommands) {
     if (std::strcmp(argv[1], c.name) != 0) continue;
     try {
+      mole::keep_freed_host_memory();
       mole::configure_threads();
       return c.run(argc, argv);
     } catch (const mole::UsageError& e) {
