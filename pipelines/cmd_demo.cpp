@@ -144,10 +144,11 @@ int cmd_demo(int argc, char** argv) {
   const std::string out = fs::absolute(args.get("out")).string();
   const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(out);
-  // One LibTorch thread per core left after the loader's worker: on two cores, 1 + 1 (measured: two OpenMP
-  // threads on a 2-vCPU VM run this model 5x slower than one, README "Threads").
+  // mole's default: a LibTorch thread per core (MOLE_THREADS overrides), beside the loader's one worker. Measured
+  // (README "Threads"): on the 2-vCPU Intel VM finetuning this model runs 1.19x faster with 2 threads than with 1;
+  // on the 2-vCPU AMD VM of 2026-11 two threads were slower, where MOLE_THREADS=1 is the setting.
   const int64_t cores = std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()));
-  const int64_t threads = std::getenv("MOLE_THREADS") ? 0 : std::max<int64_t>(1, cores - 1);
+  const int64_t threads = 0;
 
   stage("data: mole make-data shapes", seconds_since(t0));
   const std::string data = out + "/data";
