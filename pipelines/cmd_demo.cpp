@@ -145,7 +145,7 @@ int cmd_demo(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(out);
   // mole's default: a LibTorch thread per core (MOLE_THREADS overrides), beside the loader's one worker. Measured
-  // (README "Threads"): on the 2-vCPU Intel VM finetuning this model runs 1.19x faster with 2 threads than with 1;
+  // (README "Threads"): on the 2-vCPU Intel VM finetuning this model runs 1.44x faster with 2 threads than with 1;
   // on the 2-vCPU AMD VM of 2026-11 two threads were slower, where MOLE_THREADS=1 is the setting.
   const int64_t cores = std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()));
   const int64_t threads = 0;

@@ -15,31 +15,13 @@
 #include "core/json_config.h"
 #include "core/safetensors.h"
 #include "model/llava_loader.h"
+#include "tests/model/tiny_llava.h"
 #include "tests/test_util.h"
 
 using namespace mole;
 using Catch::Matchers::Contains;
 
 namespace {
-
-LlavaConfig tiny_config() {
-  LlavaConfig c;
-  c.vision.hidden_size = 16;
-  c.vision.intermediate_size = 32;
-  c.vision.n_layers = 2;
-  c.vision.n_heads = 2;
-  c.vision.image_size = 8;
-  c.vision.patch_size = 4;
-  c.text.hidden_size = 16;
-  c.text.intermediate_size = 32;
-  c.text.n_layers = 2;
-  c.text.n_heads = 4;
-  c.text.n_kv_heads = 2;
-  c.text.head_dim = 4;
-  c.text.vocab_size = 40;
-  c.image_token_index = 39;
-  return c;
-}
 
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
 
@@ -70,7 +52,7 @@ std::string load_error(const std::string& dir) {
 
 TEST_CASE("a checkpoint mole writes loads back with identical weights and logits", "[unit][checkpoint]") {
   torch::manual_seed(0);
-  auto config = tiny_config();
+  auto config = mole::test::tiny_llava_config();
   Llava model(config);
   std::string dir = write_checkpoint("ckpt_roundtrip", config, weights_of(model));
   auto loaded = load_llava(dir);
@@ -87,7 +69,7 @@ TEST_CASE("a checkpoint mole writes loads back with identical weights and logits
 
 TEST_CASE("bad checkpoints are refused with errors naming the problem", "[unit][checkpoint]") {
   torch::manual_seed(0);
-  auto config = tiny_config();
+  auto config = mole::test::tiny_llava_config();
   Llava model(config);
   Named good = weights_of(model);
   const std::string victim = "language_model.model.layers.1.mlp.up_proj.weight";
@@ -157,7 +139,7 @@ TEST_CASE("bad checkpoints are refused with errors naming the problem", "[unit][
 
 TEST_CASE("mole info describes a checkpoint", "[unit][checkpoint][cli]") {
   torch::manual_seed(0);
-  auto config = tiny_config();
+  auto config = mole::test::tiny_llava_config();
   Llava model(config);
   std::string dir = write_checkpoint("ckpt_info_ok", config, weights_of(model));
   std::string out;
@@ -176,10 +158,10 @@ TEST_CASE("mole info describes a checkpoint", "[unit][checkpoint][cli]") {
 }
 
 TEST_CASE("a llava config.json's vision_config is read by its field list", "[unit][checkpoint]") {
-  json j = tiny_config().to_json();
+  json j = mole::test::tiny_llava_config().to_json();
   j["vision_config"]["attention_dropout"] = 0.0;  // a CLIPVisionConfig key mole has no use for: ignored
   LlavaConfig c = LlavaConfig::from_json(j, "config.json");
-  CHECK(c.vision.to_json() == tiny_config().vision.to_json());
+  CHECK(c.vision.to_json() == mole::test::tiny_llava_config().vision.to_json());
   j["vision_config"]["hidden_size"] = "wide";
   CHECK_THROWS_WITH(LlavaConfig::from_json(j, "config.json"),
                     Contains("config.json: vision_config.hidden_size: expected an integer"));

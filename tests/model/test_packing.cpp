@@ -13,31 +13,13 @@
 #include "moe/balance.h"
 #include "moe/routing_context.h"
 #include "moe/routing_stats.h"
+#include "tests/model/tiny_llava.h"
 #include "tests/test_util.h"
 
 using namespace mole;
 using mole::test::max_abs_diff;
 
 namespace {
-
-LlavaConfig tiny_config() {
-  LlavaConfig c;
-  c.vision.hidden_size = 16;
-  c.vision.intermediate_size = 32;
-  c.vision.n_layers = 2;
-  c.vision.n_heads = 2;
-  c.vision.image_size = 8;
-  c.vision.patch_size = 4;  // 4 image tokens per image
-  c.text.hidden_size = 16;
-  c.text.intermediate_size = 32;
-  c.text.n_layers = 2;
-  c.text.n_heads = 4;
-  c.text.n_kv_heads = 2;
-  c.text.head_dim = 4;
-  c.text.vocab_size = 40;
-  c.image_token_index = 39;
-  return c;
-}
 
 struct Sample {
   std::vector<int64_t> ids, labels;
@@ -123,7 +105,7 @@ Result run(Llava& model, const Layout& l, const torch::Tensor& pixels) {
 // attention; the projector trainable. Every adapter B random, so that all of it matters.
 Llava tiny_mole_llava() {
   torch::manual_seed(7);
-  Llava model(tiny_config());
+  Llava model(mole::test::tiny_llava_config());
   AdapterConfig config;
   config.mole.n_experts(4).rank(2).alpha(4.0).dropout(0.0);  // deterministic: the layouts are compared
   config.mole.routing().top_k(2);
