@@ -77,12 +77,6 @@ Tensor activation_grad(Activation act, const Tensor& grad, const Tensor& x) {
 // out = a b, written into a view of a larger tensor (a segment's rows, one expert's gradient)
 void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
 
-Tensor list_to_tensor(const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64); }
-std::vector<int64_t> tensor_to_list(const Tensor& t) {
-  auto c = t.contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
-
 struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunction> {
   static variable_list forward(AutogradContext* ctx, Tensor g0, Tensor u0, Tensor xa, Tensor topk_weight,
                                Tensor topk_index, Tensor gate_A, Tensor gate_B, Tensor up_A, Tensor up_B,
@@ -125,7 +119,7 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
     ctx->saved_data["order"] = a.order;
     ctx->saved_data["inverse"] = a.inverse;
     ctx->saved_data["token"] = a.token;
-    ctx->saved_data["offsets"] = list_to_tensor(a.offsets);
+    ctx->saved_data["offsets"] = a.offsets;
     ctx->saved_data["w"] = w;
     ctx->saved_data["xs"] = xs;
     ctx->saved_data["gs"] = gs;
@@ -149,7 +143,7 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
     a.order = ctx->saved_data["order"].toTensor();
     a.inverse = ctx->saved_data["inverse"].toTensor();
     a.token = ctx->saved_data["token"].toTensor();
-    a.offsets = tensor_to_list(ctx->saved_data["offsets"].toTensor());
+    a.offsets = ctx->saved_data["offsets"].toIntVector();
     const int64_t n = ctx->saved_data["n"].toInt(), k = ctx->saved_data["k"].toInt();
     a.k = k;
     auto w = ctx->saved_data["w"].toTensor();  // (A, 1)
