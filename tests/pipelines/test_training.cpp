@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
@@ -53,7 +55,8 @@ struct Setup {
 const Setup& setup() {
   static const Setup s = [] {
     Setup s;
-    s.dir = mole::test::scratch_dir("training_setup");
+    // one folder per test process: ctest runs this file's cases as parallel processes, each making its own base
+    s.dir = mole::test::scratch_dir("training_setup_" + std::to_string(::getpid()));
     s.data = s.dir + "/data";
     ShapesOptions shapes;
     shapes.out_dir = s.data;
