@@ -5,6 +5,8 @@
 // torch::manual_seed makes the masks reproducible. Other devices use torch::dropout.
 #pragma once
 
+#include <utility>
+
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
@@ -13,6 +15,13 @@ namespace mole {
 
 // x (...) -> (...); p in [0, 1)
 torch::Tensor fast_dropout(const torch::Tensor& x, double p, bool training);
+
+// The CPU kernels without autograd, for hand-written backwards (the fused LoRA Linear): the dropped-out x
+// (contiguous) and its keep mask (uint8, x's shape), drawn as fast_dropout draws them; and out (+)= keep ? grad /
+// (1 - p) : 0 into a contiguous out, added to it when `accumulate`.
+std::pair<torch::Tensor, torch::Tensor> dropout_forward(const torch::Tensor& x, double p);
+void dropout_backward_into(torch::Tensor& out, const torch::Tensor& grad, const torch::Tensor& keep, double p,
+                           bool accumulate);
 
 class DropoutImpl : public torch::nn::Module {
  public:

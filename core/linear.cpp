@@ -38,10 +38,13 @@ void LinearImpl::reset_parameters() {
 
 torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) { return torch::linear(x, weight, bias); }
 
+torch::Tensor LinearAdapter::forward_with_base(LinearImpl& base, const torch::Tensor& x) {
+  return base.base_forward(x) + delta(x);
+}
+
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  auto y = torch::linear(x, weight, bias);
-  if (adapter && !merged_) y = y + adapter->delta(x);
-  return y;
+  if (adapter && !merged_) return adapter->forward_with_base(*this, x);
+  return torch::linear(x, weight, bias);
 }
 
 void LinearImpl::attach(std::shared_ptr<LinearAdapter> new_adapter) {

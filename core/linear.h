@@ -30,10 +30,13 @@ class NoInitGuard {
 
 // What an adapter (LoRA, MoLE) adds to a frozen Linear: y = W x + b + delta(x). Attached with
 // LinearImpl::attach(), registered as the submodule "adapter", so the model code never knows it is there.
+class LinearImpl;
 class LinearAdapter : public torch::nn::Module {
  public:
   // x (..., in) -> (..., out) in x's dtype.
   virtual torch::Tensor delta(const torch::Tensor& x) = 0;
+  // The adapted layer's whole output, base(x) + delta(x); an adapter may compute it in one fused step.
+  virtual torch::Tensor forward_with_base(LinearImpl& base, const torch::Tensor& x);
   // The dense (out, in) weight change when the adapter is input-independent (plain LoRA), else undefined.
   virtual torch::Tensor merged_delta() { return {}; }
 };

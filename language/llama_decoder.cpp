@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/torch.h>
 
+#include "core/fused_ops.h"
 #include "language/conversation.h"
 
 namespace mole {
@@ -13,12 +14,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  // hidden = x.float(); hidden = hidden * rsqrt(hidden.pow(2).mean(-1, keepdim) + eps); weight * hidden.to(dtype)
-  auto h = x.to(torch::kFloat32);
-  h = h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * h.to(x.scalar_type());
-}
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return rms_norm(x, weight, eps); }
 
 std::pair<torch::Tensor, torch::Tensor> rotary_cos_sin(const torch::Tensor& position_ids, int64_t head_dim,
                                                        double theta, torch::ScalarType dtype) {
@@ -55,15 +51,6 @@ torch::Tensor positions_from_mask(const torch::Tensor& attention_mask) {
   auto mask = attention_mask.to(torch::kInt64);
   return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0);  // (B, S)
 }
-
-namespace {
-// rotate_half(x) = cat(-x2, x1); x * cos + rotate_half(x) * sin. x (B, heads, T, Dh), cos/sin (B, T, Dh).
-torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto halves = x.chunk(2, -1);  // (a split: its backward is one cat, where a slice's allocates the whole tensor)
-  auto rotated = torch::cat({-halves[1], halves[0]}, -1);
-  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
-}
-}  // namespace
 
 LlamaAttentionImpl::LlamaAttentionImpl(const TextConfig& config_) : config(config_) {
   int64_t d = config.hidden_size, q_out = config.n_heads * config.head_dim, kv_out = config.n_kv_heads * config.head_dim;
@@ -112,11 +99,10 @@ torch::Tensor packed_attention(const torch::Tensor& q, const torch::Tensor& k, c
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                                           const AttentionLayout& layout, KVCache* cache, int64_t layer_index) {
   int64_t b = x.size(0), t = x.size(1), dh = config.head_dim;
-  auto q = q_proj(x).view({b, t, config.n_heads, dh}).transpose(1, 2);     // (B, H, T, Dh)
-  auto k = k_proj(x).view({b, t, config.n_kv_heads, dh}).transpose(1, 2);  // (B, G, T, Dh)
-  auto v = v_proj(x).view({b, t, config.n_kv_heads, dh}).transpose(1, 2);  // (B, G, T, Dh)
-  q = apply_rotary(q, cos, sin);
-  k = apply_rotary(k, cos, sin);
+  // RoPE on (B, T, heads, Dh), where the projections' rows are contiguous, then heads first
+  auto q = rotary_embedding(q_proj(x).view({b, t, config.n_heads, dh}), cos, sin).transpose(1, 2);     // (B, H, T, Dh)
+  auto k = rotary_embedding(k_proj(x).view({b, t, config.n_kv_heads, dh}), cos, sin).transpose(1, 2);  // (B, G, T, Dh)
+  auto v = v_proj(x).view({b, t, config.n_kv_heads, dh}).transpose(1, 2);                              // (B, G, T, Dh)
   if (cache) std::tie(k, v) = cache->append(layer_index, k, v);  // (B, G, S, Dh)
   // softmax(q k^T / sqrt(Dh) + mask) v; each kv head serves H/G query heads (repeat_kv)
   auto out = layout.packed ? packed_attention(q, k, v, *layout.packed, config)
@@ -137,7 +123,7 @@ LlamaMlpImpl::LlamaMlpImpl(const TextConfig& config_) : config(config_) {
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
   if (adapter) return adapter->forward(x, GatedFfnBase{*gate_proj, *up_proj, *down_proj, config.hidden_act});
   // down_proj(act_fn(gate_proj(x)) * up_proj(x))
-  return down_proj(apply_activation(config.hidden_act, gate_proj(x)) * up_proj(x));
+  return down_proj(gated_activation(config.hidden_act, gate_proj(x), up_proj(x)));
 }
 
 void LlamaMlpImpl::attach(std::shared_ptr<FfnAdapter> new_adapter) {

@@ -7,6 +7,8 @@
 #include <torch/autograd.h>
 #include <torch/torch.h>
 
+#include "core/fused_ops.h"
+
 // N=tokens D=hidden F=FFN width E=experts R=rank K=top-k A=N*K assignments, sorted by expert
 namespace mole {
 
@@ -60,20 +62,6 @@ struct Assignments {
   }
 };
 
-Tensor activation_grad(Activation act, const Tensor& grad, const Tensor& x) {
-  switch (act) {
-    case Activation::kSilu: return at::silu_backward(grad, x);
-    case Activation::kGelu: return at::gelu_backward(grad, x, "none");
-    case Activation::kGeluTanh: return at::gelu_backward(grad, x, "tanh");
-    case Activation::kRelu: return at::threshold_backward(grad, x, 0);
-    case Activation::kQuickGelu: {  // d/dx x sigmoid(a x) = sig + a x sig (1 - sig)
-      auto sig = torch::sigmoid(1.702 * x);
-      return grad * (sig + 1.702 * x * sig * (1 - sig));
-    }
-  }
-  TORCH_CHECK(false, "fused MoLE FFN: unknown activation");
-}
-
 // out = a b, written into a view of a larger tensor (a segment's rows, one expert's gradient)
 void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
 
@@ -102,7 +90,7 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
       gs.narrow(0, b, c).addmm_(ag_e, gate_B[e].t(), 1.0, s);  // g0 + s B^g A^g xa
       us.narrow(0, b, c).addmm_(au_e, up_B[e].t(), 1.0, s);
     }
-    auto h = apply_activation(act, gs).mul_(us);        // (A, F) h_i
+    auto h = gated_activation_forward(act, gs, us);  // (A, F) h_i
     auto a_d = torch::empty({rows, r}, xs.options());  // (A, R) A^d_i h_i
     auto down_rows = torch::empty({rows, down_B.size(1)}, xs.options());  // (A, D)
     for (int64_t e = 0; e < e_count; ++e) {
@@ -159,8 +147,7 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
     auto d_mixed = grad_out[0].defined() ? grad_out[0].index_select(0, a.token) : torch::zeros({rows, f}, opts);
     auto d_down = grad_out[1].defined() ? grad_out[1].index_select(0, a.token) : torch::zeros({rows, d}, opts);
 
-    auto act_g = apply_activation(act, gs);  // (A, F)
-    auto h = act_g * us;                     // (A, F) recomputed
+    auto h = gated_activation_forward(act, gs, us);  // (A, F) recomputed
 
     // down = G s B^d (A^d h): gradients of B^d, A^d, of h and of the gate weight G.
     auto g_down_A = a.expert_grad(down_A), g_down_B = a.expert_grad(down_B);
@@ -185,8 +172,7 @@ struct FusedMoleFfnFunction : public torch::autograd::Function<FusedMoleFfnFunct
     }
 
     // h = act(gs) * us
-    auto d_us = d_h * act_g;                               // (A, F)
-    auto d_gs = activation_grad(act, d_h.mul_(us), gs);    // (A, F)
+    auto [d_gs, d_us] = gated_activation_backward(act, gs, us, d_h);  // (A, F) each
 
     // gs = g0 + s B^g A^g xa (and us alike): gradients of the LoRA pair, of xa and of g0, u0.
     auto g_gate_A = a.expert_grad(gate_A), g_gate_B = a.expert_grad(gate_B);

@@ -33,6 +33,10 @@ class LoraImpl : public LinearAdapter {
   explicit LoraImpl(const LoraOptions& options);
   void reset_parameters();
   torch::Tensor delta(const torch::Tensor& x) override;  // (..., I) -> (..., O): s * B A drop(x)
+  // W x + b + s B A drop(x) as one autograd function for float32 on the CPU (outside autocast): the frozen GEMM's
+  // output takes the LoRA term in place and its input gradient the LoRA's, dropout's backward inside that add;
+  // the op-by-op form elsewhere.
+  torch::Tensor forward_with_base(LinearImpl& base, const torch::Tensor& x) override;
   torch::Tensor merged_delta() override;                 // s * B A, (O, I)
   double scale() const { return lora_scale(options.alpha(), options.rank(), options.rslora()); }
 
