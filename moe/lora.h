@@ -33,9 +33,7 @@ class LoraImpl : public LinearAdapter {
   explicit LoraImpl(const LoraOptions& options);
   void reset_parameters();
   torch::Tensor delta(const torch::Tensor& x) override;  // (..., I) -> (..., O): s * B A drop(x)
-  // W x + b + s B A drop(x) as one autograd function for float32 on the CPU (outside autocast): the frozen GEMM's
-  // output takes the LoRA term in place and its input gradient the LoRA's, dropout's backward inside that add;
-  // the op-by-op form elsewhere.
+  // W x + b + s B A drop(x) by fused_lora_linear where it applies, else op by op.
   torch::Tensor forward_with_base(LinearImpl& base, const torch::Tensor& x) override;
   torch::Tensor merged_delta() override;                 // s * B A, (O, I)
   double scale() const { return lora_scale(options.alpha(), options.rank(), options.rslora()); }
@@ -46,5 +44,14 @@ class LoraImpl : public LinearAdapter {
   Dropout dropout = nullptr;  // on the adapter input (core/dropout.h)
 };
 TORCH_MODULE(Lora);
+
+// base(x) + s ((drop(x) A^T) * G) B^T as one autograd function with a hand-written backward, for float32 on the
+// CPU outside autocast: the low-rank term goes into the frozen GEMM's output in place, its input gradient into the
+// frozen one's, dropout's backward inside that add. x (..., I), A (E*R, I), B (O, E*R), gates (N, E) each expert's
+// gate over its R columns, or undefined for plain LoRA (E = 1). Undefined where it does not apply (another device
+// or dtype, autocast): the caller takes the op-by-op form.
+bool fused_lora_applies(const LinearImpl& base, const torch::Tensor& x, const torch::Tensor& adapter_weight);
+torch::Tensor fused_lora_linear(LinearImpl& base, const torch::Tensor& x, const torch::Tensor& lora_A,
+                                const torch::Tensor& lora_B, const torch::Tensor& gates, double scale, double dropout);
 
 }  // namespace mole

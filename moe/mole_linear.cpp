@@ -68,6 +68,24 @@ torch::Tensor MoleLinearImpl::routed_delta(const torch::Tensor& x, const Routing
   return {};
 }
 
+torch::Tensor MoleLinearImpl::forward_with_base(LinearImpl& base, const torch::Tensor& x) {
+  const MoleOptions& mole = options.mole();
+  const int64_t e = mole.n_experts(), r = mole.rank(), in_features = options.in_features();
+  if (resolve_dispatch(mole.dispatch(), e, r) != Dispatch::kDense || !fused_lora_applies(base, x, lora_A))
+    return LinearAdapter::forward_with_base(base, x);
+  TORCH_CHECK(x.size(-1) == in_features, "MoLE ", options.layer_name(), ": expected inputs of size ", in_features,
+              ", got ", x.sizes());
+  auto shape = x.sizes().vec();
+  auto flat = x.reshape({-1, in_features});  // (N, I)
+  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
+  auto b_all = lora_B.permute({1, 0, 2}).reshape({options.out_features(), e * r});  // (O, E*R)
+  auto y = fused_lora_linear(base, flat, lora_A.reshape({e * r, in_features}), b_all, routing.gates, scale(),
+                             dropout->is_training() ? dropout->p : 0.0);  // (N, O)
+  if (shared) y = y + shared->delta(flat);
+  shape.back() = options.out_features();
+  return y.view(shape);
+}
+
 torch::Tensor MoleLinearImpl::delta(const torch::Tensor& x) {
   const int64_t in_features = options.in_features();
   const MoleOptions& mole = options.mole();

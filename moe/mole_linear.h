@@ -32,6 +32,9 @@ class MoleLinearImpl : public LinearAdapter {
   void reset();
   void reset_parameters();
   torch::Tensor delta(const torch::Tensor& x) override;  // (..., I) -> (..., O)
+  // With dense dispatch on the CPU in float32: W x + b and the gated experts as one fused LoRA function
+  // (moe/lora.h fused_lora_linear, all experts' A and B side by side); else base + delta.
+  torch::Tensor forward_with_base(LinearImpl& base, const torch::Tensor& x) override;
   // The routed delta for flattened tokens with a given routing and dispatch (used by delta and by tests).
   torch::Tensor routed_delta(const torch::Tensor& x, const Routing& routing, Dispatch dispatch);  // (N, I) -> (N, O)
   double scale() const { return lora_scale(options.mole().alpha(), options.mole().rank(), options.mole().rslora()); }
