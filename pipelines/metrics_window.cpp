@@ -1,5 +1,6 @@
 #include "pipelines/metrics_window.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -16,6 +17,13 @@ std::string clock_text(double seconds) {
   const int64_t s = int64_t(seconds + 0.5);
   std::snprintf(buf, sizeof(buf), "%lld:%02lld", (long long)(s / 60), (long long)(s % 60));
   return buf;
+}
+
+// The process's peak resident set so far, MiB (Linux reports ru_maxrss in KiB).
+double peak_rss_mib() {
+  struct rusage usage {};
+  if (::getrusage(RUSAGE_SELF, &usage) != 0) return -1.0;
+  return double(usage.ru_maxrss) / 1024.0;
 }
 
 }  // namespace
@@ -78,8 +86,11 @@ void MetricsWindow::write_window(const WindowPosition& at, const RoutingTable* r
                {"lm_loss", lm_ / n},
                {"aux", aux},
                {"grad_norm", norm_ / n},
+               {"tokens", tokens_},
+               {"samples", samples_},
                {"tokens_per_s", double(tokens_) / seconds},
                {"samples_per_s", double(samples_) / seconds},
+               {"peak_rss_mib", peak_rss_mib()},
                {"data_wait_s", wait_},
                {"skipped_steps", bad_},
                {"skipped_records", at.skipped_records},

@@ -188,6 +188,14 @@ TEST_CASE("a resumed run equals an uninterrupted one: losses and final weights",
     CHECK(a[i]["aux"] == b[i]["aux"]);
   }
   CHECK(a[5]["aux"].contains("switch_aux"));
+  // every window says how much it trained on and the peak memory so far, which never falls
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("window " << i + 1);
+    CHECK(a[i]["tokens"].get<int64_t>() > 0);
+    CHECK(a[i]["samples"].get<int64_t>() > 0);
+    CHECK(a[i]["peak_rss_mib"].get<double>() > 0.0);
+    if (i > 0) CHECK(a[i]["peak_rss_mib"].get<double>() >= a[i - 1]["peak_rss_mib"].get<double>());
+  }
   TensorStore wa(dir + "/straight/final/trainable.safetensors"), wb(dir + "/resumed/final/trainable.safetensors");
   REQUIRE(wa.names() == wb.names());
   for (const auto& name : wa.names()) CHECK(torch::equal(wa.tensor(name), wb.tensor(name)));
