@@ -71,7 +71,9 @@ torch::Tensor MoleLinearImpl::routed_delta(const torch::Tensor& x, const Routing
 torch::Tensor MoleLinearImpl::forward_with_base(LinearImpl& base, const torch::Tensor& x) {
   const MoleOptions& mole = options.mole();
   const int64_t e = mole.n_experts(), r = mole.rank(), in_features = options.in_features();
-  if (resolve_dispatch(mole.dispatch(), e, r) != Dispatch::kDense || !fused_lora_applies(base, x, lora_A))
+  // both factors checked here: once routed (statistics recorded), the fused call must not fall back
+  if (resolve_dispatch(mole.dispatch(), e, r) != Dispatch::kDense || !fused_lora_applies(base, x, lora_A) ||
+      !fused_lora_applies(base, x, lora_B))
     return LinearAdapter::forward_with_base(base, x);
   TORCH_CHECK(x.size(-1) == in_features, "MoLE ", options.layer_name(), ": expected inputs of size ", in_features,
               ", got ", x.sizes());
