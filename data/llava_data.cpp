@@ -34,6 +34,19 @@ json SkipReport::to_json() const {
   return {{"total", total()}, {"reasons", reasons}};
 }
 
+SkipReport SkipReport::from_json(const json& j) {
+  SkipReport r;
+  try {
+    for (const auto& [reason, entry] : j.at("reasons").items()) {
+      r.counts_[reason] = entry.at("count").get<int64_t>();
+      r.examples_[reason] = entry.at("first_ids").get<std::vector<std::string>>();
+    }
+  } catch (const json::exception& e) {
+    throw std::runtime_error(std::string("skip report: ") + e.what());
+  }
+  return r;
+}
+
 std::string SkipReport::to_text() const {
   std::ostringstream out;
   for (const auto& [reason, n] : counts_) {

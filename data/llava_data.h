@@ -39,6 +39,7 @@ class SkipReport {
   int64_t total() const;
   const std::map<std::string, int64_t>& counts() const { return counts_; }
   nlohmann::json to_json() const;   // {"total": n, "reasons": {reason: {"count": n, "first_ids": [...]}}}
+  static SkipReport from_json(const nlohmann::json& j);  // reads to_json()'s form back
   std::string to_text() const;      // one line per reason
   static constexpr size_t kExamples = 5;
 

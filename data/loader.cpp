@@ -14,7 +14,8 @@ namespace mole {
 // ---- state ----------------------------------------------------------------------------------------------------
 
 nlohmann::json LoaderState::to_json() const {
-  return {{"seed", seed}, {"epoch", epoch}, {"batch", batch}, {"n_records", n_records}, {"batch_size", batch_size}};
+  return {{"seed", seed},           {"epoch", epoch}, {"batch", batch},          {"n_records", n_records},
+          {"batch_size", batch_size}, {"rank", rank},   {"world_size", world_size}};
 }
 
 LoaderState LoaderState::from_json(const nlohmann::json& j) {
@@ -25,6 +26,8 @@ LoaderState LoaderState::from_json(const nlohmann::json& j) {
     s.batch = j.at("batch").get<int64_t>();
     s.n_records = j.at("n_records").get<int64_t>();
     s.batch_size = j.at("batch_size").get<int64_t>();
+    s.rank = j.value("rank", int64_t(0));  // checkpoints of one process from before data parallelism have neither
+    s.world_size = j.value("world_size", int64_t(1));
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(std::string("data loader state: ") + e.what());
   }
@@ -152,6 +155,9 @@ DataLoader::DataLoader(std::shared_ptr<const LlavaDataset> dataset, std::shared_
   if (options_.n_workers < 0 || options_.prefetch_batches < 1)
     throw ConfigError("data loader: n_workers must be >= 0 and prefetch_batches >= 1");
   if (options_.n_epochs < 0) throw ConfigError("data loader: n_epochs must be >= 0");
+  if (options_.world_size < 1 || options_.rank < 0 || options_.rank >= options_.world_size)
+    throw ConfigError("data loader: rank " + std::to_string(options_.rank) + " is not in [0, world size " +
+                      std::to_string(options_.world_size) + ")");
   const int64_t n = int64_t(dataset_->records.size());
   if (n == 0) throw DataError(dataset_->path + ": no usable records (" + dataset_->skipped.to_text() + ")");
   skipped_ = dataset_->skipped;
@@ -170,7 +176,14 @@ DataLoader::DataLoader(std::shared_ptr<const LlavaDataset> dataset, std::shared_
                       std::to_string(resume->batch_size) + ", seed " + std::to_string(resume->seed) + "; this run has " +
                       std::to_string(n) + ", " + std::to_string(options_.batch_size) + ", " +
                       std::to_string(options_.seed));
+    if (resume->world_size != options_.world_size || resume->rank != options_.rank)
+      throw DataError("cannot resume the data loader: the checkpoint was saved by rank " +
+                      std::to_string(resume->rank) + " of " + std::to_string(resume->world_size) +
+                      " processes; this is rank " + std::to_string(options_.rank) + " of " +
+                      std::to_string(options_.world_size) + " (resume with the same number of processes)");
     start_global_ = resume->epoch * batches_per_epoch_ + resume->batch;
+  } else {
+    start_global_ = options_.rank;
   }
   if (options_.n_epochs > 0) end_global_ = options_.n_epochs * batches_per_epoch_;
   next_to_build_ = next_to_return_ = start_global_;
@@ -287,11 +300,12 @@ void DataLoader::worker_loop() {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       work_cv_.wait(lock, [&] {
-        return stopping_ || (next_to_build_ < next_to_return_ + options_.prefetch_batches &&
+        return stopping_ || (next_to_build_ < next_to_return_ + options_.prefetch_batches * options_.world_size &&
                              (end_global_ < 0 || next_to_build_ < end_global_));
       });
       if (stopping_) return;
-      global = next_to_build_++;
+      global = next_to_build_;
+      next_to_build_ += options_.world_size;
     }
     Slot slot = build(global);
     {
@@ -326,7 +340,7 @@ std::optional<Batch> DataLoader::next() {
         slot = std::move(ready_.at(global));
         ready_.erase(global);
       }
-      ++next_to_return_;
+      next_to_return_ += options_.world_size;
       // Skips are counted here, in batch order, so the report (and its example ids) is the same every run.
       for (const auto& [record, reason] : slot.skips)
         if (counted_.insert(record).second) skipped_.add(reason, dataset_->records[size_t(record)].id);
@@ -348,6 +362,8 @@ LoaderState DataLoader::state() const {
   s.batch = next_to_return_ % batches_per_epoch_;
   s.n_records = int64_t(dataset_->records.size());
   s.batch_size = options_.batch_size;
+  s.rank = options_.rank;
+  s.world_size = options_.world_size;
   return s;
 }
 

@@ -61,6 +61,10 @@ struct LoaderOptions {
   bool packing = false;
   /// Leave out the last, short batch of an epoch.
   bool drop_last = false;
+  /// Data parallelism: this loader hands out batches rank, rank + world_size, rank + 2 world_size, ... of the one
+  /// seeded stream of batches (over epoch ends), so the ranks' shards are disjoint and together are the stream.
+  int64_t rank = 0;
+  int64_t world_size = 1;
   /// Epochs to run; 0 = until the caller stops.
   int64_t n_epochs = 1;
   Template conversation_template = Template::kVicunaV1;
@@ -73,14 +77,16 @@ struct LoaderOptions {
   bool strict = false;
 };
 
-// Where the loader stands: the next batch it will hand out. Saved in checkpoints; n_records and batch_size are
-// kept to refuse resuming on different data, where the same position would mean other samples.
+// Where the loader stands: the next batch it will hand out. Saved in checkpoints; n_records, batch_size and the
+// rank and world size are kept to refuse resuming on different data or another sharding, where the same position
+// would mean other samples.
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
   int64_t batch = 0;  // next batch within the epoch
   int64_t n_records = 0;
   int64_t batch_size = 0;
+  int64_t rank = 0, world_size = 1;
   nlohmann::json to_json() const;
   static LoaderState from_json(const nlohmann::json& j);
 };

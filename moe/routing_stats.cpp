@@ -222,6 +222,26 @@ RoutingTable RoutingTable::from_json(const json& stats, const std::string& what)
   return table;
 }
 
+void RoutingTable::merge(const RoutingTable& other) {
+  for (const LayerRouting& theirs : other.layers) {
+    auto it = std::find_if(layers.begin(), layers.end(), [&](const LayerRouting& l) { return l.name == theirs.name; });
+    if (it == layers.end()) {
+      layers.push_back(theirs);
+      continue;
+    }
+    TORCH_CHECK(it->n_experts == theirs.n_experts && it->top_k == theirs.top_k, "RoutingTable::merge: layer ",
+                theirs.name, " has ", theirs.n_experts, " experts top-", theirs.top_k, " here and ", it->n_experts,
+                " top-", it->top_k, " there");
+    it->tokens_outside_modalities += theirs.tokens_outside_modalities;
+    for (int phase = 0; phase < 2; ++phase)
+      for (const auto& [modality, cell] : theirs.phase_cells[phase]) {
+        auto mine = it->phase_cells[phase].find(modality);
+        if (mine == it->phase_cells[phase].end()) it->phase_cells[phase].emplace(modality, cell);
+        else mine->second.add(cell);
+      }
+  }
+}
+
 json RoutingTable::summary_json() const {
   struct Mean {
     double max_share = 0, entropy = 0, load_cv2 = 0;

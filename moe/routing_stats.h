@@ -90,6 +90,9 @@ struct RoutingTable {
   // Reads to_json()'s form (shares, tokens and entropy are what count; "top1"/"topk" counts are not needed).
   // Malformed input is a std::runtime_error that starts with `what` and names the layer and key.
   static RoutingTable from_json(const nlohmann::json& j, const std::string& what = "routing stats");
+  // Pools another table of the same layers into this one (the ranks of a data-parallel step): cells add as
+  // RoutingCell::add does, layers and cells only the other has are taken over.
+  void merge(const RoutingTable& other);
 
   // Compact, for a trainer's metrics line: {"layers": n_layers, MODALITY: {"max_share", "entropy", "load_cv2"}},
   // each the mean over the layers that saw the modality (both phases pooled) of: the top-1 share of the busiest

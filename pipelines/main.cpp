@@ -1,12 +1,18 @@
 // mole: the command-line program. Each subcommand lives in pipelines/cmd_<name>.cpp.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <exception>
+#include <fstream>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include <c10/util/Exception.h>
 
 #include "core/host_memory.h"
+#include "dist/launch.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
 
@@ -32,6 +38,23 @@ const Command kCommands[] = {
     {"train", mole::cmd_train, "train: pretrain, align (projector) or finetune (LoRA / MoLE adapters)"},
 };
 
+// An error that ends the command: on stderr, with the rank when torchrun started this process; and into
+// torchrun's error file, so that its failure summary shows the first failing rank's message.
+int fail(const char* command, const std::string& message) {
+  std::string where;
+  try {
+    where = mole::Launch::from_environment().where();
+  } catch (const std::exception&) {  // a malformed launch variable is itself the error being reported
+  }
+  std::fprintf(stderr, "mole %s%s: error: %s\n", command, where.c_str(), message.c_str());
+  if (const char* error_file = std::getenv("TORCHELASTIC_ERROR_FILE")) {
+    std::ofstream out(error_file);
+    out << nlohmann::json{{"message", "mole " + std::string(command) + where + ": " + message},
+                          {"timestamp", int64_t(std::time(nullptr))}}.dump();
+  }
+  return 1;
+}
+
 void usage(FILE* out) {
   std::fprintf(out, "usage: mole <command> [options]   (mole <command> --help for its options)\n\ncommands:\n");
   for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
@@ -54,11 +77,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", e.what());
       return 2;
     } catch (const c10::Error& e) {  // shape checks inside torch: the message without the C++ backtrace
-      std::fprintf(stderr, "mole %s: error: %s\n", c.name, e.what_without_backtrace());
-      return 1;
+      return fail(c.name, e.what_without_backtrace());
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "mole %s: error: %s\n", c.name, e.what());
-      return 1;
+      return fail(c.name, e.what());
     }
   }
   std::fprintf(stderr, "mole: unknown command '%s'\n", argv[1]);

@@ -15,12 +15,22 @@ namespace mole {
 namespace fs = std::filesystem;
 
 json TrainerState::to_json() const {
-  return {{"step", step},
-          {"total_steps", total_steps},
-          {"loader", loader.to_json()},
-          {"bad_streak", bad_streak},
-          {"skipped_records", skipped.to_json()}};
+  json j = {{"step", step},
+            {"total_steps", total_steps},
+            {"loader", loader.to_json()},
+            {"bad_streak", bad_streak},
+            {"skipped_records", skipped.to_json()},
+            {"world_size", world_size}};
+  if (!rank_loaders.empty()) {
+    j["rank_loaders"] = json::array();
+    for (const LoaderState& l : rank_loaders) j["rank_loaders"].push_back(l.to_json());
+  }
+  return j;
 }
+
+namespace {
+std::string rng_key(int64_t rank) { return rank == 0 ? "cpu" : "cpu_rank" + std::to_string(rank); }
+}  // namespace
 
 void write_model_files(const std::string& dir, const ModelSpec& spec, const NamedTensors& trainable) {
   write_json_file(dir + "/model.json", spec.to_json());
@@ -31,7 +41,9 @@ void write_checkpoint_files(const std::string& dir, const ModelSpec& spec, const
                             const AdamW& optimizer, const TrainerState& state) {
   write_model_files(dir, spec, trainable);
   save_safetensors(dir + "/optimizer.safetensors", optimizer.state_tensors());
-  save_safetensors(dir + "/rng.safetensors", {{"cpu", at::detail::getDefaultCPUGenerator().get_state()}});
+  NamedTensors rng = {{rng_key(0), at::detail::getDefaultCPUGenerator().get_state()}};
+  for (size_t r = 0; r < state.rank_rng.size(); ++r) rng.emplace_back(rng_key(int64_t(r) + 1), state.rank_rng[r]);
+  save_safetensors(dir + "/rng.safetensors", rng);
   write_json_file(dir + "/trainer_state.json", state.to_json());
 }
 
@@ -49,10 +61,11 @@ json restore_checkpoint(const std::string& dir, const NamedTensors& trainable, A
   return state;
 }
 
-void restore_rng(const std::string& dir) {
+void restore_rng(const std::string& dir, int64_t rank) {
   TensorStore rng(dir + "/rng.safetensors");
+  if (!rng.contains(rng_key(rank))) throw FormatError(rng.path() + ": no generator state " + rng_key(rank));
   at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the shared generator
-  generator.set_state(rng.tensor("cpu"));
+  generator.set_state(rng.tensor(rng_key(rank)));
 }
 
 std::string write_final(const TrainConfig& c, const ModelSpec& spec, const TrainedModel& built, Llava& model,

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -26,8 +27,13 @@ struct TrainerState {
   int64_t step = 0;          // optimizer steps done
   int64_t total_steps = 0;
   int64_t bad_streak = 0;    // non-finite steps in a row
-  LoaderState loader;        // the position after the last batch used
-  SkipReport skipped;        // bad records so far (informative; the loader recounts on resume)
+  LoaderState loader;        // the position after the last batch used (rank 0's)
+  SkipReport skipped;        // bad records so far, all ranks (informative; the loaders recount on resume)
+  // Data parallel: the number of processes, each rank's loader position (rank 0's included) and the CPU
+  // generator of ranks 1.. (rank 0's is this process's), so that each rank resumes where it stood.
+  int64_t world_size = 1;
+  std::vector<LoaderState> rank_loaders;
+  std::vector<torch::Tensor> rank_rng;
 
   nlohmann::json to_json() const;
 };
@@ -41,9 +47,9 @@ void write_checkpoint_files(const std::string& dir, const ModelSpec& spec, const
 // Puts a checkpoint's trained weights and optimizer state back; returns its trainer_state.json. A tensor missing
 // from the checkpoint is a FormatError naming the file and the tensor.
 nlohmann::json restore_checkpoint(const std::string& dir, const NamedTensors& trainable, AdamW& optimizer);
-// Puts the CPU generator back as the checkpoint saved it: the last thing before the loop, so that nothing
-// else draws from it in between.
-void restore_rng(const std::string& dir);
+// Puts the CPU generator back as the checkpoint saved it for `rank`: the last thing before the loop, so that
+// nothing else draws from it in between.
+void restore_rng(const std::string& dir, int64_t rank = 0);
 
 // RUN/final, written into a hidden folder and renamed into place. Returns its path.
 std::string write_final(const TrainConfig& config, const ModelSpec& spec, const TrainedModel& built,

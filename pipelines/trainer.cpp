@@ -6,13 +6,19 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <optional>
+#include <thread>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "core/json_config.h"
+#include "dist/data_parallel.h"
+#include "dist/process_group.h"
 #include "moe/balance.h"
 #include "pipelines/checkpoint.h"
 #include "pipelines/train_files.h"
@@ -69,10 +75,57 @@ class TrainingGuard {
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
+// ---- data parallel: what the ranks agree on ---------------------------------------------------------------------
+
+// After a step, one small allreduce: the losses become their means over the ranks (what one process accumulating
+// the ranks' batches reports), tokens and samples their sums; the stop request and the skipped-record count are
+// pooled. Returns (any rank interrupted, skipped records on all ranks).
+std::pair<bool, int64_t> agree_on_step(ProcessGroup& group, StepStats& s, bool interrupted, int64_t skipped) {
+  if (group.size() == 1) return {interrupted, skipped};
+  std::vector<double> v = {s.loss,         s.lm_loss,          double(s.tokens), double(s.samples),
+                           s.data_wait_s,  interrupted ? 1.0 : 0.0, double(skipped)};
+  for (const auto& [name, value] : s.aux) v.push_back(value);  // the same losses on every rank: one model
+  torch::Tensor t = torch::tensor(v, torch::kFloat64);
+  group.all_reduce_sum(t);
+  const auto a = t.accessor<double, 1>();
+  const double mean = 1.0 / double(group.size());
+  s.loss = a[0] * mean, s.lm_loss = a[1] * mean;
+  s.tokens = int64_t(a[2]), s.samples = int64_t(a[3]);
+  s.data_wait_s = a[4] * mean;
+  int64_t i = 7;
+  for (auto& [name, value] : s.aux) value = a[i++] * mean;
+  return {a[5] > 0, int64_t(a[6])};
+}
+
+// The routing statistics of every rank pooled on rank 0 (elsewhere: this rank's, unused).
+RoutingTable pooled_routing(ProcessGroup& group, const RoutingTable& mine) {
+  if (group.size() == 1) return mine;
+  const std::vector<std::string> all = group.gather_to_main(mine.layers.empty() ? "" : mine.to_json().dump());
+  RoutingTable pooled;
+  for (const std::string& text : all)
+    if (!text.empty()) pooled.merge(RoutingTable::from_json(json::parse(text), "routing statistics of a rank"));
+  return group.is_main() ? pooled : mine;
+}
+
+SkipReport pooled_skips(ProcessGroup& group, const SkipReport& mine) {
+  if (group.size() == 1) return mine;
+  SkipReport pooled;
+  for (const std::string& text : group.gather_to_main(mine.to_json().dump()))
+    pooled.merge(SkipReport::from_json(json::parse(text)));
+  return group.is_main() ? pooled : mine;
+}
+
+std::vector<torch::Tensor> trainable_tensors(const AdamW& optimizer) {
+  std::vector<torch::Tensor> out;
+  for (const auto& g : optimizer.groups())
+    for (const auto& [name, p] : g.params) out.push_back(p);
+  return out;
+}
+
 }  // namespace
 
 StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
-                     const torch::Device& device, LayerLosses& losses) {
+                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group) {
   StepStats s;
   const double share = 1.0 / double(grad_accum);
   for (int64_t micro = 0; micro < grad_accum; ++micro) {
@@ -100,14 +153,28 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
     s.tokens += batch->n_tokens;
     s.samples += batch->size();
   }
+  if (group) average_gradients(*group, trainable_tensors(optimizer));
   s.grad_norm = grad_norm(optimizer.groups());
   return s;
 }
 
 TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& hooks) {
-  // ---- set-up: folders, model, data, optimizer, resume ----
-  if (c.run.threads > 0) torch::set_num_threads(int(c.run.threads));
-  const torch::Device device(c.run.device);
+  // ---- set-up: the process group, folders, model, data, optimizer, resume ----
+  // Under torchrun every rank runs all of this; rank 0 alone writes files and the log (README: Many processes).
+  const Launch launch = Launch::from_environment();
+  if (c.run.threads > 0) {
+    torch::set_num_threads(int(c.run.threads));
+  } else if (launch.local_world_size > 1 && !std::getenv("MOLE_THREADS")) {  // the machine's cores shared out
+    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+    torch::set_num_threads(std::max(1, cores / int(launch.local_world_size)));
+  }
+  torch::Device device(c.run.device);
+  if (device.is_cuda() && !device.has_index() && launch.launched)
+    device = torch::Device(torch::kCUDA, c10::DeviceIndex(launch.local_rank));  // one device per local rank
+  ProcessGroup group(launch);
+  const bool main_rank = group.is_main();
+  ProcessGroup* const dp = group.size() > 1 ? &group : nullptr;
+
   fs::create_directories(c.out_dir);
   const std::string checkpoints = c.out_dir + "/checkpoints";
   std::optional<std::string> resume_from;
@@ -115,7 +182,8 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
     resume_from = latest_checkpoint(checkpoints);
     if (!resume_from) throw ConfigError(c.out_dir + ": --resume, but there is no checkpoint in " + checkpoints);
   }
-  write_json_file(c.out_dir + "/run.json", c.to_json());
+  group.barrier();  // every rank has found the checkpoint before rank 0 writes anything
+  if (main_rank) write_json_file(c.out_dir + "/run.json", c.to_json());
 
   torch::manual_seed(c.run.seed);
   const ModelSpec spec = spec_for(c);
@@ -124,68 +192,116 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   const NamedTensors trainable = select_trainable(model, c);
   int64_t total_params = 0;
   for (const auto& p : model->parameters()) total_params += p.numel();
-  std::fprintf(stderr, "mole train %s: %lld parameters trainable of %lld (%.2f%%)\n", enum_name(c.stage).c_str(),
-               (long long)count_elements(trainable), (long long)total_params,
-               100.0 * double(count_elements(trainable)) / double(total_params));
+  if (main_rank)
+    std::fprintf(stderr, "mole train %s: %lld parameters trainable of %lld (%.2f%%)%s\n", enum_name(c.stage).c_str(),
+                 (long long)count_elements(trainable), (long long)total_params,
+                 100.0 * double(count_elements(trainable)) / double(total_params),
+                 dp ? (", " + std::to_string(group.size()) + " processes").c_str() : "");
+  if (dp) {
+    std::vector<torch::Tensor> params;
+    for (const auto& [name, p] : trainable) params.push_back(p);
+    broadcast_parameters(group, params);  // rank 0's start, whatever each rank's initialisation drew
+    // each rank its own random stream from here on (dropout, noisy gating); rank 0 keeps the one-process stream
+    if (group.rank() > 0) torch::manual_seed(c.run.seed + 0x9E3779B97F4A7C15ull * uint64_t(group.rank()));
+  }
 
   AdamW optimizer(make_param_groups(trainable, c.optim.lr, c.optim.projector_lr > 0 ? c.optim.projector_lr : c.optim.lr,
                                     c.optim.router_lr > 0 ? c.optim.router_lr : c.optim.lr, c.optim.weight_decay),
                   c.optim.beta1, c.optim.beta2, c.optim.eps);
   TrainerState state;
+  state.world_size = group.size();
   std::optional<LoaderState> loader_start;
   if (resume_from) {
     const json saved = restore_checkpoint(*resume_from, trainable, optimizer);
+    const int64_t saved_world = saved.value("world_size", int64_t(1));
+    if (saved_world != group.size())
+      throw ConfigError(*resume_from + ": written by a run of " + std::to_string(saved_world) + " process" +
+                        (saved_world == 1 ? "" : "es") + "; this run has " + std::to_string(group.size()) +
+                        ": resume with the same number (torchrun --nproc_per_node / --nnodes)");
     state.step = saved.at("step").get<int64_t>();
     state.bad_streak = saved.value("bad_streak", int64_t(0));
-    loader_start = LoaderState::from_json(saved.at("loader"));
-    std::fprintf(stderr, "resumed from %s at step %lld\n", resume_from->c_str(), (long long)state.step);
+    loader_start = LoaderState::from_json(dp ? saved.at("rank_loaders").at(size_t(group.rank())) : saved.at("loader"));
+    if (main_rank)
+      std::fprintf(stderr, "resumed from %s at step %lld\n", resume_from->c_str(), (long long)state.step);
   }
+  LoaderOptions loading = loader_options(c, model);
+  loading.rank = group.rank();
+  loading.world_size = group.size();
   DataLoader loader(read_training_data(c), built.tokenizer, std::make_shared<const ImageProcessor>(built.image_config),
-                    loader_options(c, model), loader_start);
+                    loading, loader_start);
+  // an optimizer step takes grad_accum batches on each rank
+  const double batches_per_step = double(c.optim.grad_accum) * double(group.size());
   state.total_steps = c.optim.steps > 0 ? c.optim.steps
                                         : std::max<int64_t>(1, int64_t(std::ceil(c.optim.epochs *
                                                                                  double(loader.batches_per_epoch()) /
-                                                                                 double(c.optim.grad_accum))));
+                                                                                 batches_per_step)));
   const int64_t warmup = int64_t(std::ceil(c.optim.warmup_ratio * double(state.total_steps)));
-  if (resume_from) restore_rng(*resume_from);
+  if (resume_from) restore_rng(*resume_from, group.rank());
+  // Every rank calls this at the same steps: the ranks' positions, skips and generators go to rank 0, which
+  // writes the folder; no rank goes on before it is in place.
   auto save_checkpoint = [&] {
     state.loader = loader.state();
-    state.skipped = loader.skip_report();
-    return write_checkpoint(checkpoints, state.step, c.run.keep_last, [&](const std::string& dir) {
-      write_checkpoint_files(dir, spec, trainable, optimizer, state);
-      if (hooks.checkpoint_filled) hooks.checkpoint_filled(dir);
-    });
+    state.skipped = pooled_skips(group, loader.skip_report());
+    std::string path;
+    if (dp) {
+      const std::vector<std::string> positions = group.gather_to_main(loader.state().to_json().dump());
+      const torch::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+      const std::vector<std::string> generators =
+          group.gather_to_main(std::string(static_cast<const char*>(rng.data_ptr()), size_t(rng.nbytes())));
+      state.rank_loaders.clear();
+      state.rank_rng.clear();
+      for (const std::string& p : positions) state.rank_loaders.push_back(LoaderState::from_json(json::parse(p)));
+      for (size_t r = 1; r < generators.size(); ++r) {
+        torch::Tensor t = torch::empty({int64_t(generators[r].size())}, torch::kUInt8);
+        std::memcpy(t.data_ptr(), generators[r].data(), generators[r].size());
+        state.rank_rng.push_back(t);
+      }
+    }
+    if (main_rank)
+      path = write_checkpoint(checkpoints, state.step, c.run.keep_last, [&](const std::string& dir) {
+        write_checkpoint_files(dir, spec, trainable, optimizer, state);
+        if (hooks.checkpoint_filled) hooks.checkpoint_filled(dir);
+      });
+    group.barrier();
+    return path;
   };
 
   RoutingStats routing;  // this logging window's routing decisions
   LayerLosses routing_losses;
   const bool bf16 = c.optim.bf16 == Bf16Mode::kOn || (c.optim.bf16 == Bf16Mode::kAuto && device.is_cuda());
   TrainingGuard guard(device, bf16, RoutingSinks{&routing, &routing_losses});
-  MetricsWindow window(c.out_dir + "/metrics.jsonl", resume_from.has_value(), c.stage, c.run.progress);
+  std::optional<MetricsWindow> window;  // rank 0's
+  if (main_rank) window.emplace(c.out_dir + "/metrics.jsonl", resume_from.has_value(), c.stage, c.run.progress);
   const auto run_start = Clock::now();
   const int64_t first_step = state.step;
   TrainResult result;
+  bool stop_agreed = false;  // some rank was interrupted at the last step (one process: read at each step)
+  int64_t skipped_records = 0;
 
   // ---- the loop ----
   model->train();
   while (state.step < state.total_steps) {
-    if (TrainingGuard::interrupted() || (c.run.stop_after > 0 && state.step >= c.run.stop_after)) {
-      result.interrupted = TrainingGuard::interrupted();
+    const bool interrupted = dp ? stop_agreed : TrainingGuard::interrupted();
+    if (interrupted || (c.run.stop_after > 0 && state.step >= c.run.stop_after)) {
+      result.interrupted = interrupted;
       result.stopped = true;
       break;
     }
     StepStats stats;
-    if (state.step + 1 == c.run.profile_step) {  // the step's forward and backward, op by op
+    if (state.step + 1 == c.run.profile_step && main_rank) {  // the step's forward and backward, op by op
       torch::autograd::profiler::RecordProfile profile(c.out_dir + "/profile_step_" +
                                                         std::to_string(c.run.profile_step) + ".json");
-      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses);
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp);
     } else {
-      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses);
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp);
     }
+    std::tie(stop_agreed, skipped_records) =
+        agree_on_step(group, stats, TrainingGuard::interrupted(), loader.skip_report().total());
     const double lr_multiplier = cosine_with_warmup(state.step, warmup, state.total_steps, c.optim.min_lr_ratio);
     ++state.step;  // a skipped step consumes its batches: schedule and data stay in step with a clean run
-    if (!stats.finite()) {
-      window.skipped_step(state.step, stats, ++state.bad_streak);
+    if (!stats.finite()) {  // the same on every rank: losses and gradients are the pooled ones
+      if (window) window->skipped_step(state.step, stats, state.bad_streak + 1);
+      ++state.bad_streak;
       optimizer.zero_grad();
       if (state.bad_streak >= c.run.max_bad_steps)
         throw TrainingError("stopping: " + std::to_string(state.bad_streak) +
@@ -197,47 +313,58 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
     clip_grads(optimizer.groups(), stats.grad_norm, c.optim.clip);
     optimizer.step(lr_multiplier);
     optimizer.zero_grad();
-    window.add(stats);
     result.last_loss = stats.loss;
 
     WindowPosition at;
     at.step = state.step, at.total_steps = state.total_steps, at.lr = c.optim.lr * lr_multiplier;
     at.seconds = seconds_since(run_start);
     at.eta_seconds = at.seconds / double(state.step - first_step) * double(state.total_steps - state.step);
-    window.show_progress(at, stats);
+    if (window) {
+      window->add(stats);
+      window->show_progress(at, stats);
+    }
     if (state.step % c.run.log_every == 0 || state.step == state.total_steps) {
       at.epoch = double(loader.state().epoch) + double(loader.state().batch) / double(loader.batches_per_epoch());
-      at.skipped_records = loader.skip_report().total();
-      const RoutingTable table = routing.table();
-      window.write_window(at, &table);
+      at.skipped_records = skipped_records;
+      const RoutingTable table = pooled_routing(group, routing.table());
+      if (window) window->write_window(at, &table);
       routing.reset();
     }
     if (hooks.after_step) hooks.after_step(state.step, model);
     if (c.run.save_every > 0 && state.step % c.run.save_every == 0 && state.step < state.total_steps)
       save_checkpoint();
   }
-  window.finish();
+  if (window) window->finish();
 
   // ---- the end: the skip report, a last checkpoint, final/ ----
   result.steps = state.step;
-  const SkipReport skipped = loader.skip_report();
-  if (skipped.total() > 0)
-    std::fprintf(stderr, "skipped records: %lld\n%s", (long long)skipped.total(), skipped.to_text().c_str());
-  window.write_event({{"event", result.interrupted ? "interrupted" : result.stopped ? "stopped" : "end"},
-                      {"step", state.step},
-                      {"skipped_records", skipped.to_json()},
-                      {"data_wait_s_total", loader.wait_seconds()}});
+  const SkipReport skipped = pooled_skips(group, loader.skip_report());
+  const std::vector<std::string> waits = group.gather_to_main(std::to_string(loader.wait_seconds()));
+  if (window) {
+    double wait_total = 0;
+    for (const std::string& w : waits) wait_total += std::stod(w);
+    if (skipped.total() > 0)
+      std::fprintf(stderr, "skipped records: %lld\n%s", (long long)skipped.total(), skipped.to_text().c_str());
+    window->write_event({{"event", result.interrupted ? "interrupted" : result.stopped ? "stopped" : "end"},
+                         {"step", state.step},
+                         {"skipped_records", skipped.to_json()},
+                         {"data_wait_s_total", wait_total}});
+  }
   if (result.stopped) {
     result.final_dir = save_checkpoint();
-    std::fprintf(stderr, "%s at step %lld: checkpoint written to %s (continue with --resume)\n",
-                 result.interrupted ? "interrupted" : "stopped (run.stop_after)", (long long)state.step,
-                 result.final_dir.c_str());
+    if (main_rank)
+      std::fprintf(stderr, "%s at step %lld: checkpoint written to %s (continue with --resume)\n",
+                   result.interrupted ? "interrupted" : "stopped (run.stop_after)", (long long)state.step,
+                   result.final_dir.c_str());
     return result;
   }
   save_checkpoint();
-  result.final_dir = write_final(c, spec, built, model, trainable);
-  std::fprintf(stderr, "done: %lld steps, final loss %.4f, model in %s\n", (long long)state.step, result.last_loss,
-               result.final_dir.c_str());
+  if (main_rank) {
+    result.final_dir = write_final(c, spec, built, model, trainable);
+    std::fprintf(stderr, "done: %lld steps, final loss %.4f, model in %s\n", (long long)state.step, result.last_loss,
+                 result.final_dir.c_str());
+  }
+  group.barrier();  // final/ is in place before any rank returns
   return result;
 }
 

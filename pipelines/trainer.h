@@ -8,6 +8,8 @@
 //             maybe log; hooks (evaluation); maybe checkpoint
 // then the final folder. A TrainingGuard owns what the run changes in the process (the SIGINT handler, autocast,
 // the routing sinks) and restores it on every exit, a thrown error included.
+// Under torchrun (dist/launch.h) every rank runs this loop on its shard of the batches; gradients are averaged in
+// train_step, the step's numbers pooled after it, and rank 0 alone writes the log, checkpoints and final/.
 // Reference: LLaVA llava/train/train.py and scripts/v1_5/{pretrain,finetune_lora}.sh for the recipe;
 // HF Trainer for the step / accumulation / schedule semantics.
 #pragma once
@@ -17,6 +19,7 @@
 #include <string>
 
 #include "data/loader.h"
+#include "dist/process_group.h"
 #include "model/llava.h"
 #include "moe/routing_context.h"
 #include "pipelines/metrics_window.h"
@@ -50,9 +53,10 @@ TrainResult run_training(const TrainConfig& config, bool resume, const TrainHook
 
 // One optimizer step's forward and backward: grad_accum batches from the loader, each batch's mean loss (next-
 // token cross-entropy, -100 ignored, plus the weighted balance losses the MoLE layers report into `losses`)
-// weighing 1/grad_accum, as the HF Trainer; gradients are left on the parameters, and their norm measured.
+// weighing 1/grad_accum, as the HF Trainer; gradients are left on the parameters, averaged over the ranks of
+// `group` when there is one (dist/data_parallel.h), and their norm measured. The stats are this rank's.
 StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
-                     const torch::Device& device, LayerLosses& losses);
+                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group = nullptr);
 
 struct TrainingError : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -26,7 +26,9 @@ done
 step() { printf '\n== %s\n' "$*"; }
 
 # ---- Debian packages -------------------------------------------------------------------------------------
-debs=(build-essential pkg-config libopencv-dev libsentencepiece-dev nlohmann-json3-dev catch2 ninja-build ccache)
+# libgloo-dev: the gloo headers that torch's c10d headers include (the wheel exports ProcessGroupGloo, ships no gloo/).
+debs=(build-essential pkg-config libopencv-dev libsentencepiece-dev nlohmann-json3-dev catch2 ninja-build ccache
+      libgloo-dev)
 # cmake and venv may come from elsewhere (pip, pyenv): ask apt for them only when absent.
 command -v cmake >/dev/null || debs+=(cmake)
 python3 -c 'import venv, ensurepip' 2>/dev/null || debs+=(python3-venv)

@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <opencv2/imgcodecs.hpp>
@@ -385,4 +386,55 @@ TEST_CASE("a dataset whose every record is bad stops the loader with the skip re
   DataLoader loader(dataset, std::make_shared<const Tokenizer>(mole::test::tiny_tokenizer()),
                     std::make_shared<const ImageProcessor>(small_images()), o);
   CHECK_THROWS_WITH(loader.next(), Contains("without one usable sample") && Contains("5 x image file missing"));
+}
+
+TEST_CASE("data-parallel shards: rank r takes batches r, r+W, ... of the one stream, disjoint, and resumes",
+          "[unit][data][loader][dist]") {
+  Fixture f = make_dataset("loader_shards", 17, true);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  LoaderOptions o = small_options(f);
+  o.n_epochs = 3;  // an epoch of 5 batches does not divide among 2 or 3 ranks: the shards run across epoch ends
+  DataLoader one(dataset, f.tokenizer, f.images, o);
+  const std::vector<Batch> stream = drain(one);
+  for (int64_t world : {2, 3}) {
+    std::vector<std::vector<Batch>> shards;
+    for (int64_t rank = 0; rank < world; ++rank) {
+      LoaderOptions r = o;
+      r.rank = rank, r.world_size = world;
+      DataLoader loader(dataset, f.tokenizer, f.images, r);
+      shards.push_back(drain(loader));
+    }
+    // dealt round-robin: rank r holds the batches whose place in the stream is r mod W, and all shards together,
+    // in stream order, are the one-process stream
+    std::vector<Batch> pooled;
+    for (int64_t rank = 0; rank < world; ++rank)
+      for (const Batch& b : shards[size_t(rank)]) {
+        CHECK((b.epoch * one.batches_per_epoch() + b.index) % world == rank);
+        pooled.push_back(b);
+      }
+    std::sort(pooled.begin(), pooled.end(),
+              [](const Batch& a, const Batch& b) { return std::tie(a.epoch, a.index) < std::tie(b.epoch, b.index); });
+    check_same_batches(stream, pooled);
+
+    // resuming rank 1 mid-stream continues its own shard; another rank or world size is refused
+    LoaderOptions r1 = o;
+    r1.rank = 1, r1.world_size = world;
+    DataLoader first(dataset, f.tokenizer, f.images, r1);
+    std::vector<Batch> head = drain(first, 2);
+    const LoaderState state = LoaderState::from_json(nlohmann::json::parse(first.state().to_json().dump()));
+    CHECK(state.rank == 1);
+    CHECK(state.world_size == world);
+    DataLoader resumed(dataset, f.tokenizer, f.images, r1, state);
+    std::vector<Batch> tail = drain(resumed);
+    head.insert(head.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
+    check_same_batches(shards[1], head);
+    LoaderOptions r0 = r1;
+    r0.rank = 0;
+    CHECK_THROWS_WITH(DataLoader(dataset, f.tokenizer, f.images, r0, state), Contains("same number of processes"));
+    LoaderOptions alone = o;
+    CHECK_THROWS_WITH(DataLoader(dataset, f.tokenizer, f.images, alone, state), Contains("rank 1 of"));
+  }
+  LoaderOptions bad = o;
+  bad.rank = 2, bad.world_size = 2;
+  CHECK_THROWS_AS(DataLoader(dataset, f.tokenizer, f.images, bad), ConfigError);
 }

@@ -281,3 +281,147 @@ TEST_CASE("a TrainingError thrown mid-run leaves SIGINT handling, autocast and r
   CHECK(std::signal(SIGINT, before) == caller_handler);       // the caller's handler was back in place
   CHECK(caller_sigints == 0);
 }
+
+// ---- many processes: torchrun --no-python build/mole train -------------------------------------------------------
+
+namespace {
+
+// torchrun of the project's .venv (the python LibTorch came from). --standalone: a fresh store on a free port.
+std::string torchrun(int nproc) {
+  return (fs::path(MOLE_PYTHON).parent_path() / "torchrun").string() + " --standalone --nproc_per_node " +
+         std::to_string(nproc) + " --no-python " + mole::test::mole_bin() + " train";
+}
+
+void check_same_weights(const std::string& a_run, const std::string& b_run, double tolerance) {
+  TensorStore wa(a_run + "/final/trainable.safetensors"), wb(b_run + "/final/trainable.safetensors");
+  REQUIRE(wa.names() == wb.names());
+  for (const auto& name : wa.names()) {
+    INFO(name);
+    CHECK(mole::test::max_abs_diff(wa.tensor(name), wb.tensor(name)) <= tolerance);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("torchrun: two ranks of batch 4 train as one process accumulating two batches of 4",
+          "[unit][train][dist]") {
+  const std::string dir = mole::test::scratch_dir("training_two_ranks");
+  // deterministic routing and no dropout: the ranks' random streams differ from one process's
+  json two = finetune_config(dir + "/two");
+  two["model"]["adapter"]["dropout"] = 0.0;
+  two["model"]["adapter"]["gating"] = "topk_softmax";
+  two["optim"]["grad_accum"] = 1;
+  two["optim"]["steps"] = 4;
+  two["data"]["max_len"] = 512;  // no batch emptied by truncation (a passed-over batch shifts the shards)
+  write_json_file(dir + "/two.json", two);
+  std::string out;
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/two.json", &out) == 0);
+  CHECK_THAT(out, Contains("2 processes"));
+
+  json one = two;
+  one["out"] = dir + "/one";
+  one["optim"]["grad_accum"] = 2;
+  run_training(TrainConfig::from_json(one, "one process"), false);
+
+  check_same_weights(dir + "/one", dir + "/two", 1e-6);
+  const auto a = logged_steps(dir + "/one/metrics.jsonl"), b = logged_steps(dir + "/two/metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    INFO("step " << i + 1);
+    CHECK(std::abs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) < 1e-6);
+    CHECK(std::abs(a[i]["grad_norm"].get<double>() - b[i]["grad_norm"].get<double>()) < 1e-5);
+    CHECK(a[i]["tokens"] == b[i]["tokens"]);    // both ranks' tokens counted
+    CHECK(a[i]["samples"] == b[i]["samples"]);
+    // the routing statistics are both ranks' pooled
+    for (const char* m : {"text", "image"}) {
+      INFO(m);
+      REQUIRE(b[i]["routing"].contains(m));
+      CHECK(std::abs(a[i]["routing"][m]["max_share"].get<double>() - b[i]["routing"][m]["max_share"].get<double>()) <
+            1e-9);
+      CHECK(std::abs(a[i]["routing"][m]["entropy"].get<double>() - b[i]["routing"][m]["entropy"].get<double>()) <
+            1e-6);
+    }
+  }
+  // rank 0 alone wrote the log: one line per step, no second writer
+  std::ifstream in(dir + "/two/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(in, line);) ++lines;
+  CHECK(lines == 5);  // 4 windows and the end event
+}
+
+TEST_CASE("torchrun: a stopped two-rank run resumes exactly, and another number of processes is refused",
+          "[unit][train][dist]") {
+  const std::string dir = mole::test::scratch_dir("training_two_ranks_resume");
+  // noisy gating and dropout: each rank's generator must come back as it was
+  json config = finetune_config(dir + "/straight");
+  config["optim"]["grad_accum"] = 1;
+  config["optim"]["steps"] = 4;
+  write_json_file(dir + "/straight.json", config);
+  config["out"] = dir + "/resumed";
+  write_json_file(dir + "/resumed.json", config);
+  std::string out;
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/straight.json", &out) == 0);
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir +
+                                      "/resumed.json --set run.stop_after=2", &out) == 0);
+  CHECK_THAT(out, Contains("checkpoint written"));
+  const json state = read_json_file(dir + "/resumed/checkpoints/step-0000002/trainer_state.json");
+  CHECK(state["world_size"] == 2);
+  REQUIRE(state["rank_loaders"].size() == 2);
+  CHECK(state["rank_loaders"][1]["rank"] == 1);
+
+  // one process on a two-process checkpoint: a clear error, nothing written
+  CHECK(mole::test::run_command(mole::test::mole_bin() + " train --config " + dir + "/resumed.json --resume", &out) !=
+        0);
+  CHECK_THAT(out, Contains("written by a run of 2 processes; this run has 1"));
+  CHECK(!fs::exists(dir + "/resumed/final"));
+
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/resumed.json --resume", &out) ==
+          0);
+  CHECK_THAT(out, Contains("resumed from"));
+  check_same_weights(dir + "/straight", dir + "/resumed", 0.0);  // exactly
+  const auto a = logged_steps(dir + "/straight/metrics.jsonl"), b = logged_steps(dir + "/resumed/metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (size_t i = 0; i < 4; ++i) CHECK(a[i]["loss"].get<double>() == b[i]["loss"].get<double>());
+}
+
+TEST_CASE("torchrun: a rank that dies ends the others with an error naming their rank", "[unit][train][dist]") {
+  const std::string dir = mole::test::scratch_dir("training_rank_dies");
+  json config = finetune_config(dir + "/run");
+  config["optim"]["grad_accum"] = 1;
+  config["optim"]["steps"] = 100000;
+  write_json_file(dir + "/run.json", config);
+  const std::string cmd = "timeout 300 " + torchrun(2) + " --config " + dir + "/run.json > " + dir +
+                          "/log.txt 2>&1; echo $? > " + dir + "/rc";
+  REQUIRE(std::system(("(" + cmd + ") &").c_str()) == 0);
+  // wait until training runs (a logged step), then SIGKILL rank 1: the process whose environment says RANK=1
+  int rank1 = -1;
+  for (int i = 0; i < 1200 && rank1 < 0; ++i) {  // up to 120 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (logged_steps(dir + "/run/metrics.jsonl").empty()) continue;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string pid = e.path().filename().string();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream cmdline(e.path() / "cmdline"), environ(e.path() / "environ");
+      std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+      std::string vars((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+      if (args.find(dir + "/run.json") != std::string::npos && args.find("torchrun") == std::string::npos &&
+          vars.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
+        rank1 = std::stoi(pid);
+    }
+  }
+  REQUIRE(rank1 > 0);
+  ::kill(rank1, SIGKILL);
+  std::string rc;
+  for (int i = 0; i < 600 && rc.empty(); ++i) {  // torchrun ends: rank 0 does not wait forever
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream(dir + "/rc") >> rc;
+  }
+  REQUIRE(!rc.empty());
+  CHECK(rc != "0");
+  std::ifstream log(dir + "/log.txt");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Contains("mole train (rank 0 of 2): error:"));
+  CHECK_THAT(text, Contains("Signal 9 (SIGKILL) received by PID " + std::to_string(rank1)));
+}
