@@ -176,9 +176,24 @@ torch::Tensor LlamaModelImpl::forward(const torch::Tensor& inputs_embeds, const 
   auto [cos, sin] = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, dtype);  // (B, T, Dh)
 
   auto h = inputs_embeds;
+  // a runner may rerun a block in backward: it gets the rows by value, not the caller's pointer
+  std::shared_ptr<const PackedRows> rows = layer_runner && !cache && packed ? std::make_shared<PackedRows>(*packed)
+                                                                            : nullptr;
   for (size_t i = 0; i < layers->size(); ++i) {
     if (hidden_states) hidden_states->push_back(h);
-    h = layers[i]->as<LlamaDecoderLayer>()->forward(h, cos, sin, layout, cache, static_cast<int64_t>(i));
+    std::shared_ptr<LlamaDecoderLayerImpl> layer = layers->ptr<LlamaDecoderLayerImpl>(i);
+    if (layer_runner && !cache) {
+      const int64_t index = static_cast<int64_t>(i);
+      LayerRun run = [layer, cos, sin, mask = layout.mask, rows, index](const torch::Tensor& x) {
+        AttentionLayout l;
+        l.mask = mask;
+        l.packed = rows.get();
+        return layer->forward(x, cos, sin, l, nullptr, index);
+      };
+      h = layer_runner(index, *layer, run, h);
+    } else {
+      h = layer->forward(h, cos, sin, layout, cache, static_cast<int64_t>(i));
+    }
   }
   if (cache) cache->advance(t);
   h = norm(h);

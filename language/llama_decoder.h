@@ -16,6 +16,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
 
+#include "core/activation_checkpoint.h"
 #include "core/linear.h"
 #include "language/kv_cache.h"
 #include "language/packing.h"
@@ -107,6 +108,9 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::nn::Embedding embed_tokens = nullptr;
   torch::nn::ModuleList layers = nullptr;
   RMSNorm norm = nullptr;
+  // How each block runs when there is no cache (training): set by the model above for activation
+  // checkpointing; the block's closure owns what it needs, as backward may rerun it after forward() returned.
+  LayerRunner layer_runner;
 };
 TORCH_MODULE(LlamaModel);
 

@@ -18,6 +18,7 @@
 #include "core/fields.h"
 #include "language/conversation.h"
 #include "model/adapters.h"
+#include "model/checkpointing.h"
 
 namespace mole {
 
@@ -94,6 +95,7 @@ struct OptimSection {
   int64_t grad_accum = 1;
   double clip = 1.0;                     // max gradient norm; 0: off
   Bf16Mode bf16 = Bf16Mode::kAuto;       // auto: on CUDA, off on CPU
+  ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::kNone;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
 
   template <class Self, class V>
@@ -109,6 +111,8 @@ struct OptimSection {
     v("grad_accum", self.grad_accum, "micro-batches per optimizer step");
     v("clip", self.clip, "max gradient norm (0: no clipping)");
     v("bf16", self.bf16, "bfloat16 autocast (auto: on CUDA, off on CPU)");
+    v("activation_checkpointing", self.activation_checkpointing,
+      "recompute layers in backward instead of keeping their activations: none | decoder | all (+ vision)");
     v("beta1", self.beta1, "AdamW beta1");
     v("beta2", self.beta2, "AdamW beta2");
     v("eps", self.eps, "AdamW epsilon");

@@ -190,6 +190,7 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   TrainedModel built = build_model(spec, device);
   Llava model = built.model;
   const NamedTensors trainable = select_trainable(model, c);
+  set_activation_checkpointing(model, c.optim.activation_checkpointing);
   int64_t total_params = 0;
   for (const auto& p : model->parameters()) total_params += p.numel();
   if (main_rank)

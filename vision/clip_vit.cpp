@@ -113,8 +113,16 @@ std::vector<torch::Tensor> ClipVisionModelImpl::hidden_states(const torch::Tenso
   std::vector<torch::Tensor> states;
   // hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
   states.push_back(vision_model->pre_layrnorm(vision_model->embeddings(pixel_values)));  // (B, P+1, D)
-  auto& layers = *vision_model->encoder->layers;
-  for (int64_t i = 0; i < n_layers_run; ++i) states.push_back(layers[i]->as<ClipEncoderLayer>()->forward(states.back()));
+  auto& encoder = *vision_model->encoder;
+  for (int64_t i = 0; i < n_layers_run; ++i) {
+    std::shared_ptr<ClipEncoderLayerImpl> layer = encoder.layers->ptr<ClipEncoderLayerImpl>(size_t(i));
+    if (encoder.layer_runner) {
+      states.push_back(encoder.layer_runner(i, *layer, [layer](const torch::Tensor& h) { return layer->forward(h); },
+                                            states.back()));
+    } else {
+      states.push_back(layer->forward(states.back()));
+    }
+  }
   return states;
 }
 

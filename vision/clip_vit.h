@@ -18,6 +18,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "core/activation.h"
+#include "core/activation_checkpoint.h"
 #include "core/linear.h"
 
 namespace mole {
@@ -106,6 +107,7 @@ class ClipEncoderImpl : public torch::nn::Module {
  public:
   explicit ClipEncoderImpl(const VisionConfig& config);
   torch::nn::ModuleList layers = nullptr;
+  LayerRunner layer_runner;  // how each layer runs (activation checkpointing); unset: directly
 };
 TORCH_MODULE(ClipEncoder);
 
