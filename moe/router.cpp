@@ -4,6 +4,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "core/linear.h"
@@ -87,7 +88,10 @@ Routing RouterImpl::forward(const torch::Tensor& x, const torch::Tensor& modalit
   TORCH_CHECK(modality.dim() == 1 && modality.size(0) == x.size(0), "router: modality must be (", x.size(0),
               "), got ", modality.sizes());
   const RoutingOptions& routing = options.routing();
-  auto h = x.to(torch::kFloat32);  // the router runs in float32 whatever the model dtype
+  // The router runs in float32 whatever the model dtype, autocast included (a bf16 linear would round the
+  // logits that decide the routing): autocast is off inside, the input cast by autograd.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  auto h = x.to(torch::kFloat32);
   if (is_training() && routing.jitter() > 0)
     h = h * torch::empty_like(h).uniform_(1.0 - routing.jitter(), 1.0 + routing.jitter());
   if (modality_embedding.defined()) h = h + modality_embedding.index_select(0, modality);  // x + m_modality

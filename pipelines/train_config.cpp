@@ -23,6 +23,12 @@ void TrainConfig::validate(const FieldPath& at) const {
   if (stage == Stage::kFinetune && !model.adapter)
     m.fail("adapter", "finetune needs model.adapter (e.g. {\"kind\": \"lora\"} or {\"kind\": \"mole\"})");
   if (model.tokenizer.empty() && model.base.empty()) m.fail("tokenizer", "is needed without a base");
+  if (model.dtype != "float32" && model.dtype != "bfloat16")
+    m.fail("dtype", "must be float32 or bfloat16, not '" + model.dtype + "'");
+  const bool autocast =
+      optim.bf16 == Bf16Mode::kOn || (optim.bf16 == Bf16Mode::kAuto && run.device.rfind("cuda", 0) == 0);
+  if (model.dtype == "bfloat16" && !autocast)
+    m.fail("dtype", "bfloat16 needs bfloat16 autocast: set optim.bf16 to true");
   if (data.train.empty() && data.text_corpus.empty()) d.fail("train", "is required");
   if (data.max_len < 1) d.fail("max_len", "must be >= 1");
   if (data.batch_size < 1) d.fail("batch_size", "must be >= 1");

@@ -40,6 +40,7 @@ struct ModelSection {
   bool train_projector = true;
   std::optional<AdapterConfig> adapter;  // finetune
   nlohmann::json image_processor;        // preprocessor_config.json values
+  std::string dtype = "float32";         // the frozen parameters' dtype: float32 | bfloat16
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
@@ -51,6 +52,8 @@ struct ModelSection {
     v("train_projector", self.train_projector, "finetune: train the projector too (LLaVA stage 2 does)");
     v("adapter", self.adapter, "finetune: the adapter config (adapter_config.json's fields)");
     v("image_processor", self.image_processor, "preprocessor_config.json values (default: the base's)");
+    v("dtype", self.dtype, "dtype the frozen parameters are held in: float32, or bfloat16 (half the memory; needs "
+                           "optim.bf16 on); adapters, routers, whatever trains and the optimizer stay float32");
   }
 };
 

@@ -191,6 +191,11 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   Llava model = built.model;
   const NamedTensors trainable = select_trainable(model, c);
   set_activation_checkpointing(model, c.optim.activation_checkpointing);
+  if (c.model.dtype == "bfloat16") {  // what does not train is held in bf16; autocast computes in it anyway
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters())
+      if (!p.requires_grad() && p.is_floating_point()) p.set_data(p.to(torch::kBFloat16));
+  }
   int64_t total_params = 0;
   for (const auto& p : model->parameters()) total_params += p.numel();
   if (main_rank)

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "moe/router.h"
@@ -146,6 +147,24 @@ TEST_CASE("router runs in float32 under bfloat16 inputs", "[unit][moe][router]")
   // same routing as float32 inputs holding the same values
   auto r32 = router->forward(x.to(torch::kFloat32), torch::zeros({5}, torch::kInt64));
   CHECK(torch::equal(r.gates, r32.gates));
+
+  SECTION("and under bfloat16 autocast (optim.bf16): logits as without it, gradients reach the router") {
+    auto xf = torch::randn({6, 8}).set_requires_grad(true);
+    auto plain = router->forward(xf, torch::zeros({6}, torch::kInt64));
+    const bool was_on = at::autocast::is_autocast_enabled(at::kCPU);
+    const auto was_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    auto cast = router->forward(xf, torch::zeros({6}, torch::kInt64));
+    auto h = torch::linear(xf, router->weight);  // what autocast does to a linear outside the router
+    at::autocast::set_autocast_enabled(at::kCPU, was_on);
+    at::autocast::set_autocast_dtype(at::kCPU, was_dtype);
+    CHECK(h.scalar_type() == torch::kBFloat16);
+    CHECK(cast.logits.scalar_type() == torch::kFloat32);
+    CHECK(torch::equal(cast.logits, plain.logits));
+    cast.gates.sum().backward();
+    CHECK(router->weight.grad().defined());
+  }
 }
 
 TEST_CASE("noisy top-k and jitter act in training only", "[unit][moe][router]") {

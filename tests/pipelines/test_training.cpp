@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include "core/dtype.h"
 #include "core/json_config.h"
 #include "core/safetensors.h"
 #include "data/shapes.h"
@@ -422,6 +424,56 @@ TEST_CASE("torchrun: a rank that dies ends the others with an error naming their
   CHECK(rc != "0");
   std::ifstream log(dir + "/log.txt");
   const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  CHECK_THAT(text, Contains("mole train (rank 0 of 2): error:"));
+  // torchrun names the rank that died; rank 0 ended too (its collective failed, or torchrun stopped it)
+  CHECK_THAT(text, Contains("rank      : 1 (local_rank: 1)"));
   CHECK_THAT(text, Contains("Signal 9 (SIGKILL) received by PID " + std::to_string(rank1)));
+}
+
+TEST_CASE("torchrun: an error on one rank is printed with its rank, is torchrun's root cause, and ends the others",
+          "[unit][train][dist]") {
+  const std::string dir = mole::test::scratch_dir("training_rank_error");
+  json config = finetune_config(dir + "/run");
+  config["optim"]["grad_accum"] = 1;
+  write_json_file(dir + "/run.json", config);
+  fs::create_directories(dir + "/run/run.json");  // rank 0 alone writes run.json: here it cannot
+  std::string out;
+  CHECK(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/run.json", &out) != 0);
+  CHECK_THAT(out, Contains("mole train (rank 0 of 2): error:"));
+  CHECK_THAT(out, Contains("run.json"));
+  // its message reached torchrun's failure summary through the error file
+  CHECK_THAT(out, Contains("traceback : mole train (rank 0 of 2): "));
+  // rank 1 was waiting for rank 0 in the first collective: it ends as well, saying which rank it is
+  CHECK_THAT(out, Contains("mole train (rank 1 of 2): error:"));
+}
+
+TEST_CASE("model.dtype bfloat16: the frozen base in bf16, what trains in float32, the loss of the float32 base",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_bf16_base");
+  json config = finetune_config(dir + "/f32");
+  config["optim"]["bf16"] = true;
+  config["optim"]["steps"] = 3;
+  const TrainResult f32 = run_training(TrainConfig::from_json(config, "f32"), false);
+  config["out"] = dir + "/bf16";
+  config["model"]["dtype"] = "bfloat16";
+  std::map<std::string, int> dtypes;  // "frozen bf16", "trained f32", ... over the model's parameters
+  TrainHooks hooks;
+  hooks.after_step = [&](int64_t, Llava& model) {
+    dtypes.clear();
+    for (const auto& p : model->parameters())
+      ++dtypes[std::string(p.requires_grad() ? "trained " : "frozen ") + dtype_name(p.scalar_type())];
+  };
+  const TrainResult bf16 = run_training(TrainConfig::from_json(config, "bf16"), false, hooks);
+  CHECK(dtypes.count("frozen bfloat16") == 1);
+  CHECK(dtypes.count("frozen float32") == 0);
+  CHECK(dtypes.count("trained float32") == 1);
+  CHECK(dtypes.count("trained bfloat16") == 0);
+  // autocast computed in bf16 either way: holding the weights in it changes the numbers only slightly
+  CHECK(std::abs(bf16.last_loss - f32.last_loss) < 1e-2 * std::abs(f32.last_loss));
+  TensorStore saved(dir + "/bf16/final/trainable.safetensors");
+  for (const auto& name : saved.names()) CHECK(saved.info(name).dtype == "F32");
+
+  config["optim"]["bf16"] = false;
+  CHECK_THROWS_WITH(TrainConfig::from_json(config, "c"), Contains("bfloat16 needs bfloat16 autocast"));
+  config["model"]["dtype"] = "fp16";
+  CHECK_THROWS_WITH(TrainConfig::from_json(config, "c"), Contains("must be float32 or bfloat16"));
 }
