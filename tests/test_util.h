@@ -23,4 +23,7 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 // Runs a shell command, returns its exit status; its output goes to `output` when given.
 int run_command(const std::string& command, std::string* output = nullptr);
 
+// A loopback TCP port nobody listens on now (the kernel's pick, released at once for the caller to take).
+int free_tcp_port();
+
 }  // namespace mole::test

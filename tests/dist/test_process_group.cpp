@@ -10,10 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -21,29 +17,17 @@
 #include "dist/data_parallel.h"
 #include "dist/launch.h"
 #include "dist/process_group.h"
+#include "tests/test_util.h"
 
 using namespace mole;
 using Catch::Contains;
 
 namespace {
 
-// A TCP port nobody listens on now (the kernel's pick; released at once for the store to take).
-int64_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // Runs `body(group)` on `world` threads, one rank each; Catch's checks stay on this thread (results returned).
 template <typename Result>
 std::vector<Result> on_ranks(int64_t world, const std::function<Result(ProcessGroup&)>& body) {
-  const int64_t port = free_port();
+  const int64_t port = mole::test::free_tcp_port();
   std::vector<Result> results(static_cast<size_t>(world));
   std::vector<std::string> errors(static_cast<size_t>(world));
   std::vector<std::thread> threads;

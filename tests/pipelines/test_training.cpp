@@ -305,38 +305,42 @@ void check_same_weights(const std::string& a_run, const std::string& b_run, doub
 
 }  // namespace
 
-TEST_CASE("torchrun: two ranks of batch 4 train as one process accumulating two batches of 4",
-          "[unit][train][dist]") {
-  const std::string dir = mole::test::scratch_dir("training_two_ranks");
-  // deterministic routing and no dropout: the ranks' random streams differ from one process's
-  json two = finetune_config(dir + "/two");
-  two["model"]["adapter"]["dropout"] = 0.0;
-  two["model"]["adapter"]["gating"] = "topk_softmax";
-  two["optim"]["grad_accum"] = 1;
-  two["optim"]["steps"] = 4;
-  two["data"]["max_len"] = 512;  // no batch emptied by truncation (a passed-over batch shifts the shards)
-  write_json_file(dir + "/two.json", two);
-  std::string out;
-  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/two.json", &out) == 0);
-  CHECK_THAT(out, Contains("2 processes"));
+namespace {
 
-  json one = two;
-  one["out"] = dir + "/one";
-  one["optim"]["grad_accum"] = 2;
-  run_training(TrainConfig::from_json(one, "one process"), false);
+// The finetune config with deterministic routing and no dropout (the ranks' random streams differ from one
+// process's), every batch intact (max_len 512: a batch emptied by truncation would shift the shards), and the
+// adapter LoRA, or MoLE with its balance losses per modality.
+json equality_config(const std::string& out, bool mole) {
+  json c = finetune_config(out);
+  c["data"]["max_len"] = 512;
+  c["optim"]["grad_accum"] = 1;
+  c["optim"]["steps"] = 4;
+  if (mole) {
+    c["model"]["adapter"]["dropout"] = 0.0;
+    c["model"]["adapter"]["gating"] = "topk_softmax";
+    c["model"]["adapter"]["losses"]["per_modality"] = true;
+  } else {
+    c["model"]["adapter"] = {{"kind", "lora"}, {"rank", 4}, {"alpha", 8.0}, {"dropout", 0.0}};
+  }
+  return c;
+}
 
-  check_same_weights(dir + "/one", dir + "/two", 1e-6);
-  const auto a = logged_steps(dir + "/one/metrics.jsonl"), b = logged_steps(dir + "/two/metrics.jsonl");
+// The same losses at every step, the same tokens, the routing pooled over the ranks, the same final weights.
+void check_same_run(const std::string& one, const std::string& many, bool routed) {
+  check_same_weights(one, many, 1e-6);
+  const auto a = logged_steps(one + "/metrics.jsonl"), b = logged_steps(many + "/metrics.jsonl");
   REQUIRE(a.size() == 4);
   REQUIRE(b.size() == 4);
   for (size_t i = 0; i < 4; ++i) {
     INFO("step " << i + 1);
     CHECK(std::abs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) < 1e-6);
     CHECK(std::abs(a[i]["grad_norm"].get<double>() - b[i]["grad_norm"].get<double>()) < 1e-5);
-    CHECK(a[i]["tokens"] == b[i]["tokens"]);    // both ranks' tokens counted
+    CHECK(a[i]["tokens"] == b[i]["tokens"]);  // every rank's tokens counted
     CHECK(a[i]["samples"] == b[i]["samples"]);
-    // the routing statistics are both ranks' pooled
-    for (const char* m : {"text", "image"}) {
+    if (!routed) continue;
+    for (const auto& [name, term] : a[i]["aux"].items())
+      CHECK(std::abs(term.get<double>() - b[i]["aux"][name].get<double>()) < 1e-6);
+    for (const char* m : {"text", "image"}) {  // the routing statistics are the ranks' pooled
       INFO(m);
       REQUIRE(b[i]["routing"].contains(m));
       CHECK(std::abs(a[i]["routing"][m]["max_share"].get<double>() - b[i]["routing"][m]["max_share"].get<double>()) <
@@ -345,11 +349,56 @@ TEST_CASE("torchrun: two ranks of batch 4 train as one process accumulating two 
             1e-6);
     }
   }
-  // rank 0 alone wrote the log: one line per step, no second writer
-  std::ifstream in(dir + "/two/metrics.jsonl");
-  int lines = 0;
-  for (std::string line; std::getline(in, line);) ++lines;
-  CHECK(lines == 5);  // 4 windows and the end event
+}
+
+}  // namespace
+
+TEST_CASE("torchrun: two ranks of batch 4 train as one process accumulating two batches of 4",
+          "[unit][train][dist]") {
+  for (bool mole : {false, true}) {
+    DYNAMIC_SECTION((mole ? "MoLE, balance losses per modality" : "LoRA")) {
+      const std::string dir = mole::test::scratch_dir(std::string("training_two_ranks_") + (mole ? "mole" : "lora"));
+      write_json_file(dir + "/two.json", equality_config(dir + "/two", mole));
+      std::string out;
+      REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/two.json", &out) == 0);
+      CHECK_THAT(out, Contains("2 processes"));
+      json one = equality_config(dir + "/one", mole);
+      one["optim"]["grad_accum"] = 2;
+      run_training(TrainConfig::from_json(one, "one process"), false);
+      check_same_run(dir + "/one", dir + "/two", mole);
+      // rank 0 alone wrote the log: one line per step, no second writer
+      std::ifstream in(dir + "/two/metrics.jsonl");
+      int lines = 0;
+      for (std::string line; std::getline(in, line);) ++lines;
+      CHECK(lines == 5);  // 4 windows and the end event
+    }
+  }
+}
+
+TEST_CASE("torchrun: two machines on loopback (two launches, c10d rendezvous) train as one process",
+          "[unit][train][dist]") {
+  const std::string dir = mole::test::scratch_dir("training_two_nodes");
+  write_json_file(dir + "/two.json", equality_config(dir + "/two", true));
+  const std::string endpoint = "127.0.0.1:" + std::to_string(mole::test::free_tcp_port());
+  const std::string launch = (fs::path(MOLE_PYTHON).parent_path() / "torchrun").string() +
+                             " --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d --rdzv-endpoint " + endpoint +
+                             " --rdzv-id mole_test --no-python " + mole::test::mole_bin() + " train --config " +
+                             dir + "/two.json";
+  // the second "machine" in the background, the first here; both must end well
+  REQUIRE(std::system(("(timeout 300 " + launch + " > " + dir + "/node1.txt 2>&1; echo $? > " + dir +
+                       "/node1.rc) &").c_str()) == 0);
+  std::string out;
+  CHECK(mole::test::run_command("timeout 300 " + launch, &out) == 0);
+  std::string rc;
+  for (int i = 0; i < 600 && rc.empty(); ++i) {
+    std::ifstream(dir + "/node1.rc") >> rc;
+    if (rc.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(rc == "0");
+  json one = equality_config(dir + "/one", true);
+  one["optim"]["grad_accum"] = 2;
+  run_training(TrainConfig::from_json(one, "one process"), false);
+  check_same_run(dir + "/one", dir + "/two", true);
 }
 
 TEST_CASE("torchrun: a stopped two-rank run resumes exactly, and another number of processes is refused",
@@ -388,27 +437,32 @@ TEST_CASE("torchrun: a stopped two-rank run resumes exactly, and another number 
   for (size_t i = 0; i < 4; ++i) CHECK(a[i]["loss"].get<double>() == b[i]["loss"].get<double>());
 }
 
-TEST_CASE("torchrun: a rank that dies ends the others with an error naming their rank", "[unit][train][dist]") {
+TEST_CASE("torchrun: SIGKILL of one rank stops the job, and --resume under torchrun continues exactly",
+          "[unit][train][dist]") {
   const std::string dir = mole::test::scratch_dir("training_rank_dies");
-  json config = finetune_config(dir + "/run");
+  json config = finetune_config(dir + "/killed");
   config["optim"]["grad_accum"] = 1;
-  config["optim"]["steps"] = 100000;
-  write_json_file(dir + "/run.json", config);
-  const std::string cmd = "timeout 300 " + torchrun(2) + " --config " + dir + "/run.json > " + dir +
+  config["optim"]["steps"] = 200;
+  config["run"]["save_every"] = 2;
+  config["run"]["log_every"] = 10;
+  write_json_file(dir + "/killed.json", config);
+  config["out"] = dir + "/straight";
+  write_json_file(dir + "/straight.json", config);
+  const std::string cmd = "timeout 300 " + torchrun(2) + " --config " + dir + "/killed.json > " + dir +
                           "/log.txt 2>&1; echo $? > " + dir + "/rc";
   REQUIRE(std::system(("(" + cmd + ") &").c_str()) == 0);
-  // wait until training runs (a logged step), then SIGKILL rank 1: the process whose environment says RANK=1
+  // once a few checkpoints are written, SIGKILL rank 1: the process whose environment says RANK=1
   int rank1 = -1;
-  for (int i = 0; i < 1200 && rank1 < 0; ++i) {  // up to 120 s
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (logged_steps(dir + "/run/metrics.jsonl").empty()) continue;
+  for (int i = 0; i < 3000 && rank1 < 0; ++i) {  // up to 60 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!fs::exists(dir + "/killed/checkpoints/step-0000006")) continue;
     for (const auto& e : fs::directory_iterator("/proc")) {
       const std::string pid = e.path().filename().string();
       if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
       std::ifstream cmdline(e.path() / "cmdline"), environ(e.path() / "environ");
       std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
       std::string vars((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
-      if (args.find(dir + "/run.json") != std::string::npos && args.find("torchrun") == std::string::npos &&
+      if (args.find(dir + "/killed.json") != std::string::npos && args.find("torchrun") == std::string::npos &&
           vars.find(std::string("\0RANK=1\0", 8)) != std::string::npos)
         rank1 = std::stoi(pid);
     }
@@ -416,17 +470,27 @@ TEST_CASE("torchrun: a rank that dies ends the others with an error naming their
   REQUIRE(rank1 > 0);
   ::kill(rank1, SIGKILL);
   std::string rc;
-  for (int i = 0; i < 600 && rc.empty(); ++i) {  // torchrun ends: rank 0 does not wait forever
+  for (int i = 0; i < 600 && rc.empty(); ++i) {  // the job ends: rank 0 does not wait forever
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::ifstream(dir + "/rc") >> rc;
   }
   REQUIRE(!rc.empty());
   CHECK(rc != "0");
-  std::ifstream log(dir + "/log.txt");
-  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  // torchrun names the rank that died; rank 0 ended too (its collective failed, or torchrun stopped it)
-  CHECK_THAT(text, Contains("rank      : 1 (local_rank: 1)"));
-  CHECK_THAT(text, Contains("Signal 9 (SIGKILL) received by PID " + std::to_string(rank1)));
+  {
+    std::ifstream log(dir + "/log.txt");
+    const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    // torchrun names the rank that died; rank 0 ended too (its collective failed, or torchrun stopped it)
+    CHECK_THAT(text, Contains("rank      : 1 (local_rank: 1)"));
+    CHECK_THAT(text, Contains("Signal 9 (SIGKILL) received by PID " + std::to_string(rank1)));
+  }
+  REQUIRE(!fs::exists(dir + "/killed/final"));  // killed before the end
+
+  std::string out;
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/killed.json --resume", &out) ==
+          0);
+  CHECK_THAT(out, Contains("resumed from"));
+  REQUIRE(mole::test::run_command("timeout 300 " + torchrun(2) + " --config " + dir + "/straight.json", &out) == 0);
+  check_same_weights(dir + "/straight", dir + "/killed", 0.0);  // exactly
 }
 
 TEST_CASE("torchrun: an error on one rank is printed with its rank, is torchrun's root cause, and ends the others",
