@@ -50,13 +50,17 @@ std::string resolve_model_dir(const std::string& path) {
   return path;
 }
 
-TrainedModel build_model(const ModelSpec& spec, torch::Device device) {
+TrainedModel build_model(const ModelSpec& spec, torch::Device device, torch::ScalarType base_dtype) {
   TrainedModel out;
   out.spec = spec;
   LlavaConfig config;
   if (!spec.base.empty()) {
-    out.model = load_llava(spec.base, torch::kFloat32, device).model;
+    out.model = load_llava(spec.base, base_dtype, device).model;
     config = out.model->config;
+    if (base_dtype != torch::kFloat32) {
+      torch::NoGradGuard no_grad;
+      for (auto& p : out.model->multi_modal_projector->parameters()) p.set_data(p.to(torch::kFloat32));
+    }
   } else {
     config = LlavaConfig::from_json(spec.init, "model init config");
     out.model = Llava(config);

@@ -49,8 +49,10 @@ struct TrainedModel {
 
 // The model the spec describes, without trained weights: base loaded (or init, randomly initialised with
 // init_llava_for_pretraining under the current torch seed), projector loaded, adapters attached. Every base
-// parameter is frozen; adapters are trainable.
-TrainedModel build_model(const ModelSpec& spec, torch::Device device = torch::kCPU);
+// parameter is frozen; adapters are trainable. A base checkpoint is read into base_dtype (bfloat16 holds a 7B
+// base in half the memory, never in float32 on the way); the projector and the adapters are float32 whatever it is.
+TrainedModel build_model(const ModelSpec& spec, torch::Device device = torch::kCPU,
+                         torch::ScalarType base_dtype = torch::kFloat32);
 
 // PATH is a run folder (its final/ is used), a checkpoint or final folder (model.json), or a llava-hf folder
 // (config.json; tokenizer and preprocessor_config.json from the same folder, template vicuna_v1 unless given).

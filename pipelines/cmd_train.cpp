@@ -1,4 +1,4 @@
-// mole train --config run.json [--set key=value ...] [--resume]
+// mole train --config run.json [--set key=value ...] [--device cuda[:N]] [--resume]
 // The training stages (pipelines/trainer.h): the config file follows the field lists of pipelines/train_config.h;
 // --set changes fields of it for this run, e.g. --set optim.lr=1e-3 --set model.adapter.n_experts=4.
 #include <cstdio>
@@ -19,12 +19,14 @@ int cmd_train(int argc, char** argv) {
             "OUT/checkpoints/ and OUT/final/. Ctrl-C writes a checkpoint and stops.");
   args.option("config", "run config JSON (see README: Training)", "", true)
       .repeated("set", "KEY=VALUE override of a config field, dotted (optim.lr=1e-3); repeatable")
+      .option("device", "cpu, cuda or cuda:N: run.device for this run (under torchrun, cuda is each local rank's own)", "")
       .flag("resume", "continue from OUT/checkpoints/latest, exactly where it stopped")
       .flag("print-config", "print the resolved config (every field, defaults included) and exit")
       .epilog("Fields of run.json (dotted keys for --set; type = default):\n" + train_config_help());
   if (!args.parse(argc, argv)) return 0;
   json j = read_json_file(args.get("config"));
   for (const std::string& assignment : args.get_all("set")) apply_override(j, assignment);
+  if (!args.get("device").empty()) apply_override(j, "run.device=" + args.get("device"));
   TrainConfig config = TrainConfig::from_json(j, args.get("config"));
   if (args.has("print-config")) {
     std::printf("%s\n", config.to_json().dump(2).c_str());

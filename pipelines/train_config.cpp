@@ -43,6 +43,10 @@ void TrainConfig::validate(const FieldPath& at) const {
   if (run.max_bad_steps < 1) r.fail("max_bad_steps", "must be >= 1");
   if (run.stop_after < 0) r.fail("stop_after", "must be >= 0");
   if (run.threads < 0) r.fail("threads", "must be >= 0");
+  const bool cuda_index = run.device.size() > 5 && run.device.rfind("cuda:", 0) == 0 &&
+                          run.device.find_first_not_of("0123456789", 5) == std::string::npos;
+  if (run.device != "cpu" && run.device != "cuda" && !cuda_index)
+    r.fail("device", "must be cpu, cuda or cuda:N, not '" + run.device + "'");
 }
 
 TrainConfig TrainConfig::from_json(const json& j, const std::string& file) {

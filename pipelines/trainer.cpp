@@ -187,11 +187,15 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
 
   torch::manual_seed(c.run.seed);
   const ModelSpec spec = spec_for(c);
-  TrainedModel built = build_model(spec, device);
+  // model.dtype bfloat16: what does not train is held in bf16 (autocast computes in it anyway). Outside pretraining
+  // no base parameter trains, so the base is read straight into bf16; what trains stays float32.
+  const bool bf16_base = c.model.dtype == "bfloat16";
+  TrainedModel built =
+      build_model(spec, device, bf16_base && c.stage != Stage::kPretrain ? torch::kBFloat16 : torch::kFloat32);
   Llava model = built.model;
   const NamedTensors trainable = select_trainable(model, c);
   set_activation_checkpointing(model, c.optim.activation_checkpointing);
-  if (c.model.dtype == "bfloat16") {  // what does not train is held in bf16; autocast computes in it anyway
+  if (bf16_base) {
     torch::NoGradGuard no_grad;
     for (auto& p : model->parameters())
       if (!p.requires_grad() && p.is_floating_point()) p.set_data(p.to(torch::kBFloat16));

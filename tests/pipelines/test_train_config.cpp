@@ -58,7 +58,10 @@ TEST_CASE("train config: a typo at any depth names the dotted key and the neares
       {"model.adapter.top_k=9", {"model.adapter.top_k", "1..n_experts"}},
       {"model.adapter.losses.load=-1", {"model.adapter.losses.load", ">= 0"}},
       {"stage=distill", {"stage", "pretrain, align, finetune"}},
-      {"model.adapter.target_regex=(", {"model.adapter.target_regex", "regular expression"}}};
+      {"model.adapter.target_regex=(", {"model.adapter.target_regex", "regular expression"}},
+      {"run.device=gpu", {"run.device", "cpu, cuda or cuda:N", "'gpu'"}},
+      {"run.device=cuda:x", {"run.device", "'cuda:x'"}},
+      {"model.dtype=float16", {"model.dtype", "float32 or bfloat16"}}};
   for (const auto* list : {&typos, &values})
     for (const BadSetting& bad : *list) {
       INFO(bad.assignment);
