@@ -231,7 +231,15 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name, std::optional<tor
   // to its element size, and torch kernels may assume aligned data.
   // The file's data is little-endian, as is every host mole builds for (static_assert above): no byte swap.
   torch::Tensor out = torch::empty(t.shape, torch::TensorOptions().dtype(safetensors_dtype(t.dtype)));
-  if (t.end > t.begin) std::memcpy(out.data_ptr(), map_ + data_begin_ + t.begin, t.end - t.begin);
+  if (t.end > t.begin) {
+    const uint8_t* from = map_ + data_begin_ + t.begin;
+    std::memcpy(out.data_ptr(), from, t.end - t.begin);
+    // The copied pages leave this process's resident set (the page cache keeps them; a later read faults them back
+    // in): reading a 14 GB checkpoint then holds one copy of it in memory, not the copy plus the mapping.
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t first = uintptr_t(from) & ~(page - 1), last = uintptr_t(from) + (t.end - t.begin);
+    ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
   if (dtype && *dtype != out.scalar_type()) out = out.to(*dtype);
   return out;
 }
