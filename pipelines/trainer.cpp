@@ -138,6 +138,10 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
     const bool packed = !batch->packed_rows.empty();
     const torch::Tensor positions = packed ? batch->position_ids.to(device) : torch::Tensor();
     losses.clear();
+    // Autocast keeps the bf16 copy of each float32 weight it cast until its cache is cleared (Python clears it
+    // when the outermost autocast block ends); the run's guard never ends, so each forward starts afresh here,
+    // reading the weights the last optimizer step (or anything else) wrote.
+    at::autocast::clear_cache();
     torch::Tensor hidden = model->hidden(ids, mask, pixels, positions, packed ? &batch->packed_rows : nullptr);
     // next-token loss at the supervised positions only: the state at t predicts labels at t + 1
     torch::Tensor lm = model->language_model->next_token_loss(hidden, labels);

@@ -510,6 +510,36 @@ TEST_CASE("torchrun: an error on one rank is printed with its rank, is torchrun'
   CHECK_THAT(out, Contains("mole train (rank 1 of 2): error:"));
 }
 
+TEST_CASE("bf16 autocast: every step computes with the weights the step before wrote", "[unit][train]") {
+  // Autocast keeps bf16 copies of the float32 weights it casts until its cache is cleared; a trainer that
+  // never clears it trains weights its forward no longer reads (the loss stays where it started).
+  const std::string dir = mole::test::scratch_dir("training_bf16_learns");
+  json config = finetune_config(dir + "/f32");
+  config["optim"]["steps"] = 5;
+  config["optim"]["lr"] = 1e-2;
+  config["optim"]["grad_accum"] = 1;
+  config["optim"]["warmup_ratio"] = 0.0;
+  config["model"]["adapter"] = {{"kind", "lora"}, {"rank", 4}, {"alpha", 8.0},  // LoRA on every linear layer
+                                 {"targets", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}};
+  config["data"]["workers"] = 0;
+  config["optim"]["bf16"] = false;
+  run_training(TrainConfig::from_json(config, "f32"), false);
+  const std::vector<json> f32 = logged_steps(dir + "/f32/metrics.jsonl");
+  for (const char* dtype : {"float32", "bfloat16"}) {
+    INFO("model.dtype " << dtype);
+    config["out"] = dir + "/" + dtype;
+    config["optim"]["bf16"] = true;
+    config["model"]["dtype"] = dtype;
+    run_training(TrainConfig::from_json(config, dtype), false);
+    const std::vector<json> bf16 = logged_steps(dir + "/" + dtype + "/metrics.jsonl");
+    REQUIRE(bf16.size() == f32.size());
+    const double fell = f32.front()["loss"].get<double>() - f32.back()["loss"].get<double>();
+    REQUIRE(fell > 0.1);  // the float32 run learns visibly in these steps
+    for (size_t i = 0; i < f32.size(); ++i)  // bf16 rounding moves the losses by far less than training does
+      CHECK(std::abs(bf16[i]["loss"].get<double>() - f32[i]["loss"].get<double>()) < 0.1 * fell);
+  }
+}
+
 TEST_CASE("model.dtype bfloat16: the frozen base in bf16, what trains in float32, the loss of the float32 base",
           "[unit][train]") {
   const std::string dir = mole::test::scratch_dir("training_bf16_base");
