@@ -1,4 +1,4 @@
-// mole demo [--out DIR] [--quick]: the whole mission on data mole makes itself, in one command.
+// mole demo [--out DIR] [--device cuda[:N]] [--quick]: the whole mission on data mole makes itself, in one command.
 //   shapes data -> tokenizer -> pretrain a small LLaVA from scratch -> align (projector) -> finetune three ways
 //   with the same active adapter parameters (plain LoRA, MoLE learned routing, MoLE modality-grouped routing) ->
 //   eval-vqa of the untuned base and of each run on the held-out VQA set and the text-only set -> routing
@@ -137,11 +137,14 @@ int cmd_demo(int argc, char** argv) {
   Args args("demo",
             "The whole pipeline on the embedded synthetic data: data, tokenizer, pretrain, align, finetune with "
             "LoRA / MoLE learned / MoLE modality-grouped, evaluation before and after, routing pictures, report.");
-  args.option("out", "output folder", "demo_out").flag("quick", "a smaller run (under 3 minutes), for tests");
+  args.option("out", "output folder", "demo_out")
+      .option("device", "cpu, cuda or cuda:N: where every stage trains and evaluates", "cpu")
+      .flag("quick", "a smaller run (under 3 minutes), for tests");
   if (!args.parse(argc, argv)) return 0;
   const bool quick = args.has("quick");
   const DemoPlan p = plan(quick);
   const std::string out = fs::absolute(args.get("out")).string();
+  const std::string device = args.get("device");
   const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(out);
   // mole's default: a LibTorch thread per core (MOLE_THREADS overrides), beside the loader's one worker. Measured
@@ -173,7 +176,8 @@ int cmd_demo(int argc, char** argv) {
 
   auto train = [&](const std::string& name, json config) {
     config["out"] = out + "/runs/" + name;
-    config["run"] = {{"seed", 0}, {"log_every", quick ? 10 : 25}, {"threads", threads}, {"progress", "lines"}};
+    config["run"] = {{"seed", 0}, {"log_every", quick ? 10 : 25}, {"threads", threads}, {"progress", "lines"},
+                     {"device", device}};
     config["data"]["workers"] = 1;
     config["data"]["images"] = data;
     TrainConfig c = TrainConfig::from_json(config, "demo " + name);
@@ -201,7 +205,7 @@ int cmd_demo(int argc, char** argv) {
   const auto text_questions = first(read_llava_questions(data + "/eval/text_questions.jsonl"), p.max_text_questions);
   json results = {{"runs", json::object()}};
   auto evaluate = [&](const std::string& name, const std::string& model_dir) {
-    TrainedModel m = load_trained(model_dir);
+    TrainedModel m = load_trained(model_dir, torch::Device(device));
     AnswerOptions a;
     a.max_new_tokens = p.max_new_tokens;
     a.image_dir = data + "/images/eval";
@@ -242,7 +246,7 @@ int cmd_demo(int argc, char** argv) {
   std::vector<HtmlSection> sections;
   std::map<std::string, std::vector<std::string>> route_figures;
   for (const std::string name : {"mole_learned", "mole_grouped"}) {
-    TrainedModel m = load_trained(out + "/runs/" + name);
+    TrainedModel m = load_trained(out + "/runs/" + name, torch::Device(device));
     RouteOptions ro;
     ro.max_samples = quick ? 24 : 96;
     ro.image_dir = data + "/images/eval";
