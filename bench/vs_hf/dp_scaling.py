@@ -1,7 +1,7 @@
 """Data-parallel scaling of `mole train` under torchrun on one machine: ranks x threads, same model and records.
 
     .venv/bin/python bench/vs_hf/dp_scaling.py --mole build/mole --out /tmp/vs_hf [--steps 12] [--warmup 3]
-        [--shapes demo,medium] [--ranks 2] [--repeat R]
+        [--shapes demo,medium] [--ranks 2] [--repeat R] [--workers 1]
 
 For each shape (llava_checkpoint.py, the same checkpoints, data and tokenizer as vs_hf.py, made in the same OUT
 folder) the MoLE FFN finetune of vs_hf.py (mole_e4k1: 4 experts top-1, attention LoRA r 16; --adapter lora
@@ -36,7 +36,7 @@ def run_mole(args, out, shape, name, checkpoint, data, ranks, threads, batch):
     config = {"stage": "finetune", "out": folder,
               "model": {"base": checkpoint, "adapter": adapter, "train_projector": True},
               "data": {"train": [f"{data}/instruct.json"], "images": data, "template": "vicuna_v1",
-                       "max_len": llava_checkpoint.SHAPES[shape]["max_len"], "batch_size": batch, "workers": 1},
+                       "max_len": llava_checkpoint.SHAPES[shape]["max_len"], "batch_size": batch, "workers": args.workers},
               "optim": {"steps": args.warmup + args.steps, "lr": vs_hf.LR, "warmup_ratio": 0.03, "clip": 1.0,
                         "bf16": False},
               "run": {"seed": 0, "log_every": args.warmup, "threads": threads, "progress": "lines"}}
@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--ranks", type=int, default=os.cpu_count(), help="processes (and threads of 1xN)")
     ap.add_argument("--adapter", choices=["mole", "lora"], default="mole")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; each run's fastest is kept")
+    ap.add_argument("--workers", type=int, default=1, help="data.workers of every run (loader threads per rank)")
     ap.add_argument("--train-images", type=int, default=200, help="images of the shapes data")
     args = ap.parse_args()
     out, n = os.path.abspath(args.out), args.ranks
