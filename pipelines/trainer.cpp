@@ -173,6 +173,9 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
     torch::set_num_threads(std::max(1, cores / int(launch.local_world_size)));
   }
   torch::Device device(c.run.device);
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw ConfigError("run.device " + c.run.device + ": no CUDA device here (mole built without CUDA, or no GPU "
+                      "visible); use cpu, or build with scripts/setup.sh --cuda on a machine with a GPU");
   if (device.is_cuda() && !device.has_index() && launch.launched)
     device = torch::Device(torch::kCUDA, c10::DeviceIndex(launch.local_rank));  // one device per local rank
   ProcessGroup group(launch);

@@ -510,6 +510,14 @@ TEST_CASE("torchrun: an error on one rank is printed with its rank, is torchrun'
   CHECK_THAT(out, Contains("mole train (rank 1 of 2): error:"));
 }
 
+TEST_CASE("run.device cuda without a CUDA device is a config error that names it", "[unit][train]") {
+  if (torch::cuda::is_available()) return;  // a CUDA device is present: nothing to refuse
+  json config = finetune_config(mole::test::scratch_dir("training_no_cuda"));
+  config["run"]["device"] = "cuda";
+  CHECK_THROWS_WITH(run_training(TrainConfig::from_json(config, "c"), false),
+                    Contains("run.device cuda: no CUDA device here"));
+}
+
 TEST_CASE("bf16 autocast: every step computes with the weights the step before wrote", "[unit][train]") {
   // Autocast keeps bf16 copies of the float32 weights it casts until its cache is cleared; a trainer that
   // never clears it trains weights its forward no longer reads (the loss stays where it started).
