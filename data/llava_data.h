@@ -27,30 +27,43 @@ struct DataError : std::runtime_error {
 struct LlavaRecord {
   int64_t index = 0;                // position in the file (0-based), for messages
   std::string id;                   // the record's "id" (or "#<index>" when it has none)
+  std::string file;                 // the file it was read from, for messages
   std::vector<std::string> images;  // relative paths as written, 0 or more
   std::vector<Turn> turns;
 };
 
-// Why records were skipped, with the first few record ids of each reason (for reports and logs).
+// Why records were skipped, with the first few records (id and file) of each reason (for reports and logs).
 class SkipReport {
  public:
-  void add(const std::string& reason, const std::string& record_id);
+  void add(const std::string& reason, const std::string& record_id, const std::string& file = "");
   void merge(const SkipReport& other);
   int64_t total() const;
   const std::map<std::string, int64_t>& counts() const { return counts_; }
-  nlohmann::json to_json() const;   // {"total": n, "reasons": {reason: {"count": n, "first_ids": [...]}}}
+  // {"total": n, "reasons": {reason: {"count": n, "first_ids": [...], "first_files": [...]}}}: the files of the
+  // example records, one for each id.
+  nlohmann::json to_json() const;
   static SkipReport from_json(const nlohmann::json& j);  // reads to_json()'s form back
-  std::string to_text() const;      // one line per reason
+  std::string to_text() const;      // one line per reason: "  n x reason (e.g. id1 id2 in file)"
   static constexpr size_t kExamples = 5;
 
  private:
+  struct Example {
+    std::string id, file;
+  };
   std::map<std::string, int64_t> counts_;
-  std::map<std::string, std::vector<std::string>> examples_;
+  std::map<std::string, std::vector<Example>> examples_;
 };
 
-// Parses one record; returns the problem ("" when fine): "record is not a JSON object", "no conversations",
-// "empty conversation", "unknown role 'x'", "conversation turn N has no string value", "<image> tags (2) do
-// not match images (1)", "image path is not a string".
+// Parses one record into LLaVA's shape; returns the problem ("" when fine). Read as LLaVA and its successors do:
+//   - turns under "conversations" or "messages", each {"from", "value"} or {"role", "content"}; roles human|user,
+//     gpt|assistant and system (first turn only); a content may be OpenAI's list of parts, {"type": "text"} and
+//     {"type": "image"} (an <image> tag where it stands);
+//   - images under "image" (or "images"): one path or a list, in the order of the tags;
+//   - a first turn (after a system turn) that is the assistant's is dropped, as LLaVA's preprocess does;
+//   - an image with no tag anywhere: "<image>\n" per image at the start of the first human turn.
+// Problems: "record is not a JSON object", "no conversations", "empty conversation", "unknown role 'x'",
+// "a system turn after the first (turn N)", "conversation turn N has no string value", "<image> tags (2) do not
+// match images (1)", "image path is not a string", "both \"image\" and \"images\"", "no human turn".
 std::string parse_llava_record(const nlohmann::json& j, int64_t index, LlavaRecord* out);
 
 struct LlavaDataset {

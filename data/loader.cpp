@@ -36,9 +36,12 @@ LoaderState LoaderState::from_json(const nlohmann::json& j) {
 
 // ---- one sample -----------------------------------------------------------------------------------------------
 
-PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokenizer, const ImageProcessor& images,
-                              const LoaderOptions& options) {
+namespace {
+
+PreparedSample prepare_known(const LlavaRecord& record, const Tokenizer& tokenizer, const ImageProcessor& images,
+                             const LoaderOptions& options) {
   PreparedSample sample;
+  if (options.sample_hook) options.sample_hook(record);
   sample.tokens = tokenize_conversation(record.turns, tokenizer, options.conversation_template,
                                         options.n_image_tokens, options.max_len);
   if (!sample.tokens.problem.empty()) {
@@ -46,8 +49,18 @@ PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokeni
     sample.detail = sample.tokens.problem;
     return sample;
   }
+  // The model fills image ids with the batch's image features in order: they must be whole blocks, one per image.
+  const int64_t image_ids = std::count(sample.tokens.input_ids.begin(), sample.tokens.input_ids.end(),
+                                       tokenizer.image_token_id());
+  if (image_ids != int64_t(record.images.size()) * options.n_image_tokens) {
+    sample.problem = "image tokens do not match images";
+    sample.detail = sample.problem + ": " + std::to_string(image_ids) + " ids for " +
+                    std::to_string(record.images.size()) + " images of " + std::to_string(options.n_image_tokens);
+    return sample;
+  }
   for (const std::string& relative : record.images) {
-    const std::string path = options.image_dir.empty() ? relative : options.image_dir + "/" + relative;
+    const bool absolute = !relative.empty() && relative[0] == '/';  // os.path.join(folder, "/abs") is "/abs"
+    const std::string path = options.image_dir.empty() || absolute ? relative : options.image_dir + "/" + relative;
     try {
       sample.pixel_values.push_back(images.load(path));  // (3, H, W)
     } catch (const ImageError& e) {
@@ -58,6 +71,24 @@ PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokeni
     }
   }
   return sample;
+}
+
+}  // namespace
+
+PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokenizer, const ImageProcessor& images,
+                              const LoaderOptions& options) {
+  try {
+    return prepare_known(record, tokenizer, images, options);
+  } catch (const TokenizerError&) {
+    throw;  // a tokenizer without an <image> token: the run's set-up is wrong, not this record
+  } catch (const std::exception& e) {
+    // Whatever else goes wrong with one record (a library error on odd content, an allocation that fails) costs
+    // that record only. The reason groups by the kind of failure; the detail keeps the message.
+    PreparedSample failed;
+    failed.problem = "sample failed: " + std::string(e.what()).substr(0, 80);
+    failed.detail = e.what();
+    return failed;
+  }
 }
 
 int64_t estimated_length(const LlavaRecord& record, int64_t n_image_tokens) {
@@ -229,7 +260,7 @@ DataLoader::Slot DataLoader::build(int64_t global) {
       PreparedSample sample = prepare_sample(record, *tokenizer_, *images_, options_);
       if (!sample.problem.empty()) {
         if (options_.strict)
-          throw DataError(dataset_->path + ": record " + record.id + " (index " + std::to_string(record.index) +
+          throw DataError(record.file + ": record " + record.id + " (index " + std::to_string(record.index) +
                           "): " + sample.detail);
         slot.skips.emplace_back(r, sample.problem);
         continue;
@@ -343,7 +374,10 @@ std::optional<Batch> DataLoader::next() {
       next_to_return_ += options_.world_size;
       // Skips are counted here, in batch order, so the report (and its example ids) is the same every run.
       for (const auto& [record, reason] : slot.skips)
-        if (counted_.insert(record).second) skipped_.add(reason, dataset_->records[size_t(record)].id);
+        if (counted_.insert(record).second) {
+          const LlavaRecord& r = dataset_->records[size_t(record)];
+          skipped_.add(reason, r.id, r.file);
+        }
     }
     work_cv_.notify_all();
     if (slot.error) std::rethrow_exception(slot.error);

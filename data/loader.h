@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -75,6 +76,9 @@ struct LoaderOptions {
   /// Folder the records' image paths are relative to.
   std::string image_dir;
   bool strict = false;
+  /// Called with each record before it is prepared; what it throws is that sample's failure, skipped and counted
+  /// like any other (tests inject failures through it). Empty: none.
+  std::function<void(const LlavaRecord&)> sample_hook;
 };
 
 // Where the loader stands: the next batch it will hand out. Saved in checkpoints; n_records, batch_size and the
@@ -111,7 +115,8 @@ struct Batch {
 };
 
 // One record made ready for the model: the sample or why it cannot be used (a reason from the reader, the image
-// decoder or the template, grouped in reports; detail has the full message naming the file).
+// decoder or the template, grouped in reports; detail has the full message naming the file). Never throws: an
+// unforeseen error is the problem "sample failed: <message>".
 struct PreparedSample {
   TokenizedSample tokens;
   std::vector<torch::Tensor> pixel_values;  // (3, H, W) each

@@ -37,12 +37,18 @@ std::string strip(const std::string& s) {
 }
 
 // Checks the roles and lays the conversation out as segments; returns the problem, "" when fine.
-std::string build_segments(const std::vector<Turn>& turns, Template t, std::vector<Segment>* segments) {
+std::string build_segments(const std::vector<Turn>& all_turns, Template t, std::vector<Segment>* segments) {
+  // A first "system" turn replaces the template's system text (LLaVA: conv.system = ...).
+  std::string system = template_system_prompt(t);
+  const size_t first = !all_turns.empty() && all_turns[0].role == "system" ? 1 : 0;
+  if (first) system = all_turns[0].text;
+  const std::vector<Turn> turns(all_turns.begin() + std::ptrdiff_t(first), all_turns.end());
   for (size_t i = 0; i < turns.size(); ++i) {
     const std::string& role = turns[i].role;
+    if (role == "system") return "a system turn after the first (turn " + std::to_string(i + first) + ")";
     if (role != "human" && role != "gpt") return "unknown role '" + role + "'";
     if (role != (i % 2 == 0 ? "human" : "gpt"))
-      return "roles do not alternate human/gpt (turn " + std::to_string(i) + " is '" + role + "')";
+      return "roles do not alternate human/gpt (turn " + std::to_string(i + first) + " is '" + role + "')";
   }
   size_t n_rounds = turns.size() / 2;  // a trailing human turn without an answer is dropped
   if (n_rounds == 0) return "no assistant turn";
@@ -57,13 +63,13 @@ std::string build_segments(const std::vector<Turn>& turns, Template t, std::vect
       // preprocess_plain: source[0]['value'] = DEFAULT_IMAGE_TOKEN; conversation = image + caption + sep.
       // Without an image the prompt is empty (text-only captioning).
       if (turns.size() != 2) return "plain template takes one human and one gpt turn";
-      if (texts[0].find(kImageTag) != std::string::npos) add(Segment::kText, kImageTag, false);
+      for (int64_t k = count_image_tags({turns[0]}); k > 0; --k) add(Segment::kText, kImageTag, false);
       add(Segment::kText, texts[1] + "\n", true);
       break;
     case Template::kVicunaV1:
       // get_prompt (SeparatorStyle.TWO): system + " " + "USER: " + q + " " + "ASSISTANT: " + a + "</s>" ...
       for (size_t r = 0; r < n_rounds; ++r) {
-        std::string user = r == 0 ? kVicunaSystem + " " : "";
+        std::string user = r == 0 ? system + " " : "";
         add(Segment::kText, user + "USER: " + texts[2 * r] + " ASSISTANT:", false);
         add(Segment::kContinuation, " " + texts[2 * r + 1], true);
         add(Segment::kEos, "</s>", true);
@@ -74,7 +80,8 @@ std::string build_segments(const std::vector<Turn>& turns, Template t, std::vect
       // " " + a + " " + "</s>"; later rounds open with sep "<s>".
       for (size_t r = 0; r < n_rounds; ++r) {
         if (r > 0) add(Segment::kBos, "<s>", false);
-        std::string sys = r == 0 ? "<<SYS>>\n" + kLlavaLlama2System + "\n<</SYS>>\n\n" : "";
+        // wrap_sys: an empty system text leaves no <<SYS>> block
+        std::string sys = r == 0 && !system.empty() ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" : "";
         add(Segment::kText, "[INST] " + sys + texts[2 * r] + " [/INST]", false);
         add(Segment::kContinuation, " " + texts[2 * r + 1] + " ", true);
         add(Segment::kEos, "</s>", true);
@@ -111,7 +118,9 @@ int64_t count_image_tags(const std::vector<Turn>& turns) {
 }
 
 std::string move_image_to_front(const std::string& text) {
-  if (text.find(kImageTag) == std::string::npos) return text;
+  // LLaVA-OneVision's preprocess_multimodal moves a tag only when the turn has exactly one: the tags of a turn
+  // with several images (interleaved records) stay where they are, in order.
+  if (count_image_tags({{"", text}}) != 1) return text;
   // sentence['value'].replace(DEFAULT_IMAGE_TOKEN, '').strip(); DEFAULT_IMAGE_TOKEN + '\n' + ...; .strip()
   std::string rest;
   size_t from = 0;

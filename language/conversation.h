@@ -8,7 +8,8 @@
 // Prompts (BOS first; <image> is one tag, expanded to n_image_tokens ids):
 //   vicuna_v1:     "{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>"
 //   llava_llama_2: "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n<image>\n{q1} [/INST] {a1} </s><s>[INST] {q2} [/INST] {a2} </s>"
-//   plain:         "<image>{caption}\n"   (the human text is dropped; stage-1 projector alignment)
+//   plain:         "<image>{caption}\n"   (the human text is dropped, one <image> per tag it had; stage-1
+//                  projector alignment)
 // Supervised (label = id): each answer, its end-of-turn "</s>" (and for llava_llama_2 the " " before it),
 // and for plain the caption with its "\n". Everything else is -100: BOS, system prompt, role tags, user turns,
 // the image block, llava_llama_2's "<s>" that opens a later round.
@@ -54,7 +55,9 @@ Template parse_template(const std::string& name);  // through the table; an unkn
 std::string template_name(Template t);
 std::string template_system_prompt(Template t);  // LLaVA's default system text ("" for plain)
 
-// One turn of a LLaVA record: role "human" or "gpt" (the JSON's "from"), text its "value".
+// One turn of a LLaVA record: role "human", "gpt" or "system" (the JSON's "from"), text its "value". A "system"
+// turn may only come first; its text replaces the template's system prompt (vicuna_v1's opening sentence,
+// llava_llama_2's <<SYS>> block, which an empty text leaves out; plain has none).
 struct Turn {
   std::string role;
   std::string text;
@@ -76,9 +79,10 @@ struct TokenizedSample {
 // images (LLaVA-1.5 records have at most one).
 int64_t count_image_tags(const std::vector<Turn>& turns);
 
-// LLaVA's preprocess_multimodal on one turn's text: a text containing "<image>" has every "<image>" removed,
-// is stripped, and becomes "<image>\n" + text, stripped again (so a turn that was only "<image>" stays
-// "<image>"). Other texts are returned unchanged.
+// LLaVA's preprocess_multimodal on one turn's text: a text containing one "<image>" has it removed, is
+// stripped, and becomes "<image>\n" + text, stripped again (so a turn that was only "<image>" stays
+// "<image>"). Other texts, a turn with several tags among them (interleaved images, as LLaVA-OneVision keeps
+// them), are returned unchanged.
 std::string move_image_to_front(const std::string& text);
 
 // The prompt string of the template (with one "<image>" tag where the image goes): what LLaVA's

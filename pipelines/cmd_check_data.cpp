@@ -3,14 +3,13 @@
 // find: records, images, tokens, truncation, and every skipped record by reason. Users run it before a long job.
 // Exit status: 0 when the file can be trained on (bad records are reported, not fatal), 1 when the file itself
 // is unusable (missing, not LLaVA-shaped, no usable record) or, with --strict, on the first bad record.
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 
 #include "core/json_config.h"
-#include "data/loader.h"
+#include "data/data_check.h"
 #include "model/llava_loader.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
@@ -38,8 +37,6 @@ int cmd_check_data(int argc, char** argv) {
   LoaderOptions options;
   options.batch_size = 16;
   options.n_workers = args.get_int("workers");
-  options.shuffle = false;
-  options.n_epochs = 1;
   options.conversation_template = parse_template(args.get("template"));
   options.max_len = args.get_int("max-len");
   options.n_image_tokens = args.get_int("image-tokens");
@@ -57,54 +54,29 @@ int cmd_check_data(int argc, char** argv) {
       preprocessor.empty() ? ImageProcessorConfig{} : ImageProcessorConfig::from_file(preprocessor));
   auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::load(args.get("tokenizer")));
 
-  const auto start = std::chrono::steady_clock::now();
   auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(args.get("data"), options.strict));
-  DataLoader loader(dataset, tokenizer, images, options);
-  int64_t samples = 0, n_images = 0, tokens = 0, max_tokens = 0, truncated = 0, supervised = 0;
-  std::string longest_id;
-  while (auto batch = loader.next()) {
-    samples += batch->size();
-    n_images += batch->pixel_values.defined() ? batch->pixel_values.size(0) : 0;
-    tokens += batch->n_tokens;
-    supervised += batch->n_supervised;
-    truncated += batch->n_truncated;
-    for (int64_t i = 0; i < batch->size(); ++i)
-      if (batch->lengths[size_t(i)] > max_tokens) {
-        max_tokens = batch->lengths[size_t(i)];
-        longest_id = batch->ids[size_t(i)];
-      }
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const SkipReport skipped = loader.skip_report();
-
+  const DataCheck check = check_dataset(dataset, tokenizer, images, options);
+  const SkipReport& skipped = check.skipped;
   json report = {{"data", args.get("data")},
                  {"template", template_name(options.conversation_template)},
                  {"max_len", options.max_len},
-                 {"image_tokens", options.n_image_tokens},
-                 {"records", dataset->n_read},
-                 {"usable_samples", samples},
-                 {"images", n_images},
-                 {"tokens_mean", samples ? double(tokens) / double(samples) : 0.0},
-                 {"tokens_max", max_tokens},
-                 {"longest_record", longest_id},
-                 {"supervised_tokens_mean", samples ? double(supervised) / double(samples) : 0.0},
-                 {"truncated", truncated},
-                 {"skipped", skipped.to_json()},
-                 {"seconds", seconds}};
+                 {"image_tokens", options.n_image_tokens}};
+  report.update(check.to_json());
   if (args.has("json")) {
     std::printf("%s\n", report.dump(1).c_str());
     return 0;
   }
   std::printf("%s: %lld records, %lld usable samples, %lld images (template %s, max-len %lld, %lld ids per image)\n",
-              args.get("data").c_str(), (long long)dataset->n_read, (long long)samples, (long long)n_images,
+              args.get("data").c_str(), (long long)check.records, (long long)check.usable_samples,
+              (long long)check.images,
               template_name(options.conversation_template).c_str(), (long long)options.max_len,
               (long long)options.n_image_tokens);
   std::printf("tokens per sample: mean %.1f, max %lld (record %s); supervised per sample: mean %.1f\n",
-              report["tokens_mean"].get<double>(), (long long)max_tokens, longest_id.c_str(),
+              report["tokens_mean"].get<double>(), (long long)check.tokens_max, check.longest_record.c_str(),
               report["supervised_tokens_mean"].get<double>());
-  std::printf("truncated to max-len: %lld\n", (long long)truncated);
+  std::printf("truncated to max-len: %lld\n", (long long)check.truncated);
   std::printf("skipped: %lld\n%s", (long long)skipped.total(), skipped.to_text().c_str());
-  std::printf("checked in %.1f s\n", seconds);
+  std::printf("checked in %.1f s\n", check.seconds);
   return 0;
 }
 

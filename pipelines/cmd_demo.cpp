@@ -181,7 +181,9 @@ int cmd_demo(int argc, char** argv) {
     config["data"]["workers"] = 1;
     config["data"]["images"] = data;
     TrainConfig c = TrainConfig::from_json(config, "demo " + name);
-    return run_training(c, false);
+    RunFolderRules rules;
+    rules.overwrite = true;  // the demo's runs are its own: a second demo in the same folder starts them over
+    return run_training(c, false, {}, rules);
   };
   stage("pretrain: a small LLaVA from scratch on captions + the text corpus", seconds_since(t0));
   train("pretrain", {{"stage", "pretrain"},

@@ -1,4 +1,4 @@
-// mole train --config run.json [--set key=value ...] [--device cuda[:N]] [--resume]
+// mole train --config run.json [--set key=value ...] [--device cuda[:N]] [--resume [--allow-config-change] | --overwrite]
 // The training stages (pipelines/trainer.h): the config file follows the field lists of pipelines/train_config.h;
 // --set changes fields of it for this run, e.g. --set optim.lr=1e-3 --set model.adapter.n_experts=4.
 #include <cstdio>
@@ -21,6 +21,10 @@ int cmd_train(int argc, char** argv) {
       .repeated("set", "KEY=VALUE override of a config field, dotted (optim.lr=1e-3); repeatable")
       .option("device", "cpu, cuda or cuda:N: run.device for this run (under torchrun, cuda is each local rank's own)", "")
       .flag("resume", "continue from OUT/checkpoints/latest, exactly where it stopped")
+      .flag("overwrite", "start over in an OUT that holds a run (its run.json, metrics.jsonl, checkpoints/ and "
+                         "final/ are removed)")
+      .flag("allow-config-change", "--resume with a config that differs from OUT/run.json in what decides the run "
+                                   "(steps, data, batch, seed, model, ...); the result is then not the straight run's")
       .flag("print-config", "print the resolved config (every field, defaults included) and exit")
       .epilog("Fields of run.json (dotted keys for --set; type = default):\n" + train_config_help());
   if (!args.parse(argc, argv)) return 0;
@@ -32,7 +36,11 @@ int cmd_train(int argc, char** argv) {
     std::printf("%s\n", config.to_json().dump(2).c_str());
     return 0;
   }
-  TrainResult result = run_training(config, args.has("resume"));
+  if (args.has("overwrite") && args.has("resume")) throw ConfigError("train: --overwrite and --resume exclude each other");
+  RunFolderRules rules;
+  rules.overwrite = args.has("overwrite");
+  rules.allow_config_change = args.has("allow-config-change");
+  TrainResult result = run_training(config, args.has("resume"), {}, rules);
   return result.interrupted ? 130 : 0;
 }
 

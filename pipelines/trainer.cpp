@@ -1,6 +1,7 @@
 #include "pipelines/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -8,8 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
+#include <fstream>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -162,7 +166,68 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
   return s;
 }
 
-TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& hooks) {
+const std::vector<std::string>& resumable_config_changes() {
+  static const std::vector<std::string> keys = {
+      "out",          "run.log_every", "run.save_every", "run.keep_last", "run.stop_after", "run.threads",
+      "run.device",   "run.progress",  "run.profile_step", "run.max_bad_steps", "data.workers", "data.strict"};
+  return keys;
+}
+
+namespace {
+
+void collect_changes(const json& saved, const json& now, const std::string& prefix, std::vector<std::string>* out) {
+  const auto& allowed = resumable_config_changes();
+  if (std::find(allowed.begin(), allowed.end(), prefix) != allowed.end()) return;
+  if (saved.is_object() && now.is_object()) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : saved.items()) keys.insert(k);
+    for (const auto& [k, v] : now.items()) keys.insert(k);
+    for (const std::string& k : keys)
+      collect_changes(saved.contains(k) ? saved[k] : json(), now.contains(k) ? now[k] : json(),
+                      prefix.empty() ? k : prefix + "." + k, out);
+    return;
+  }
+  if (saved != now) out->push_back(prefix + ": " + saved.dump() + " -> " + now.dump());
+}
+
+// The step the newest checkpoint holds (-1 when unreadable).
+int64_t checkpoint_step(const std::string& dir) {
+  try {
+    return read_json_file(dir + "/trainer_state.json").at("step").get<int64_t>();
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+// metrics.jsonl as it stood at `step`: the lines of steps after it (written before a crash, and to be written
+// again by the resumed run) are dropped, so the log reads as one run.
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number() &&
+        j["step"].get<int64_t>() > step)
+      continue;
+    if (!j.is_discarded() && j.is_object() && j.value("event", "") == "end") continue;  // the end comes again
+    kept += line + "\n";
+  }
+  in.close();
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp, std::ios::binary | std::ios::trunc) << kept;
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+std::vector<std::string> config_changes(const json& saved, const json& now) {
+  std::vector<std::string> out;
+  collect_changes(saved, now, "", &out);
+  return out;
+}
+
+TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& hooks, const RunFolderRules& rules) {
   // ---- set-up: the process group, folders, model, data, optimizer, resume ----
   // Under torchrun every rank runs all of this; rank 0 alone writes files and the log (README: Many processes).
   const Launch launch = Launch::from_environment();
@@ -182,14 +247,48 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   const bool main_rank = group.is_main();
   ProcessGroup* const dp = group.size() > 1 ? &group : nullptr;
 
-  fs::create_directories(c.out_dir);
   const std::string checkpoints = c.out_dir + "/checkpoints";
+  const std::vector<std::string> run_files = {c.out_dir + "/run.json", c.out_dir + "/metrics.jsonl", checkpoints,
+                                              c.out_dir + "/final"};
   std::optional<std::string> resume_from;
   if (resume) {
     resume_from = latest_checkpoint(checkpoints);
     if (!resume_from) throw ConfigError(c.out_dir + ": --resume, but there is no checkpoint in " + checkpoints);
+    const std::string saved_config = c.out_dir + "/run.json";
+    if (fs::exists(saved_config)) {
+      const std::vector<std::string> changes = config_changes(read_json_file(saved_config), c.to_json());
+      if (!changes.empty() && !rules.allow_config_change) {
+        std::string list;
+        for (const std::string& change : changes) list += "\n  " + change;
+        throw ConfigError(saved_config + ": --resume with a config that differs from the saved one in what decides "
+                          "the run, so it would not continue exactly:" + list +
+                          "\nresume with the saved config, or pass --allow-config-change");
+      }
+      // the same step count and a final/ folder: the run is over, there is nothing to continue
+      const bool same_length = std::none_of(changes.begin(), changes.end(), [](const std::string& change) {
+        return change.rfind("optim.steps:", 0) == 0 || change.rfind("optim.epochs:", 0) == 0;
+      });
+      if (same_length && fs::exists(c.out_dir + "/final")) {
+        TrainResult done;
+        done.already_finished = true;
+        done.steps = checkpoint_step(*resume_from);
+        done.final_dir = c.out_dir + "/final";
+        if (main_rank)
+          std::fprintf(stderr, "%s: the run finished at step %lld (model in %s); nothing to resume, nothing changed\n",
+                       c.out_dir.c_str(), (long long)done.steps, done.final_dir.c_str());
+        return done;
+      }
+    }
+  } else if (std::any_of(run_files.begin(), run_files.end(), [](const std::string& f) { return fs::exists(f); })) {
+    if (!rules.overwrite)
+      throw ConfigError(c.out_dir + ": holds a run already (run.json, metrics.jsonl, checkpoints/ or final/); "
+                        "continue it with --resume, or start it over with --overwrite");
+    group.barrier();  // every rank has looked before rank 0 removes
+    if (main_rank)
+      for (const std::string& f : run_files) fs::remove_all(f);
   }
   group.barrier();  // every rank has found the checkpoint before rank 0 writes anything
+  fs::create_directories(c.out_dir);
   if (main_rank) write_json_file(c.out_dir + "/run.json", c.to_json());
 
   torch::manual_seed(c.run.seed);
@@ -244,6 +343,7 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   LoaderOptions loading = loader_options(c, model);
   loading.rank = group.rank();
   loading.world_size = group.size();
+  loading.sample_hook = hooks.sample_hook;
   DataLoader loader(read_training_data(c), built.tokenizer, std::make_shared<const ImageProcessor>(built.image_config),
                     loading, loader_start);
   // an optimizer step takes grad_accum batches on each rank
@@ -288,12 +388,16 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   const bool bf16 = c.optim.bf16 == Bf16Mode::kOn || (c.optim.bf16 == Bf16Mode::kAuto && device.is_cuda());
   TrainingGuard guard(device, bf16, RoutingSinks{&routing, &routing_losses});
   std::optional<MetricsWindow> window;  // rank 0's
-  if (main_rank) window.emplace(c.out_dir + "/metrics.jsonl", resume_from.has_value(), c.stage, c.run.progress);
+  if (main_rank) {
+    if (resume_from) truncate_metrics(c.out_dir + "/metrics.jsonl", state.step);
+    window.emplace(c.out_dir + "/metrics.jsonl", resume_from.has_value(), c.stage, c.run.progress);
+  }
   const auto run_start = Clock::now();
   const int64_t first_step = state.step;
   TrainResult result;
   bool stop_agreed = false;  // some rank was interrupted at the last step (one process: read at each step)
   int64_t skipped_records = 0;
+  std::deque<double> recent_losses;  // the last log_every steps' losses (this process's part of the run)
 
   // ---- the loop ----
   model->train();
@@ -331,6 +435,8 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
     optimizer.step(lr_multiplier);
     optimizer.zero_grad();
     result.last_loss = stats.loss;
+    recent_losses.push_back(stats.loss);
+    if (int64_t(recent_losses.size()) > std::max<int64_t>(1, c.run.log_every)) recent_losses.pop_front();
 
     WindowPosition at;
     at.step = state.step, at.total_steps = state.total_steps, at.lr = c.optim.lr * lr_multiplier;
@@ -355,7 +461,9 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
 
   // ---- the end: the skip report, a last checkpoint, final/ ----
   result.steps = state.step;
+  for (double loss : recent_losses) result.mean_loss += loss / double(recent_losses.size());
   const SkipReport skipped = pooled_skips(group, loader.skip_report());
+  result.skipped = skipped;
   const std::vector<std::string> waits = group.gather_to_main(std::to_string(loader.wait_seconds()));
   if (window) {
     double wait_total = 0;
@@ -378,7 +486,8 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   save_checkpoint();
   if (main_rank) {
     result.final_dir = write_final(c, spec, built, model, trainable);
-    std::fprintf(stderr, "done: %lld steps, final loss %.4f, model in %s\n", (long long)state.step, result.last_loss,
+    std::fprintf(stderr, "done: %lld steps, mean loss of the last %zu steps %.4f (last step %.4f), model in %s\n",
+                 (long long)state.step, recent_losses.size(), result.mean_loss, result.last_loss,
                  result.final_dir.c_str());
   }
   group.barrier();  // final/ is in place before any rank returns

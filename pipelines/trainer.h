@@ -17,6 +17,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "data/loader.h"
 #include "dist/process_group.h"
@@ -31,9 +32,12 @@ namespace mole {
 struct TrainResult {
   int64_t steps = 0;          // optimizer steps done in total (including before a resume)
   double last_loss = 0.0;     // loss of the last optimizer step
+  double mean_loss = 0.0;     // mean loss of the last run.log_every steps (the last window), what the summary shows
+  bool already_finished = false;  // resume of a finished run: nothing was done
   std::string final_dir;      // RUN/final, or the checkpoint written on interruption
   bool interrupted = false;   // Ctrl-C: a checkpoint was written and the run stopped early
   bool stopped = false;       // run.stop_after (or Ctrl-C): stopped before the last step, with a checkpoint
+  SkipReport skipped;         // records left out, all ranks (also in metrics.jsonl's last event)
 };
 
 // Ways for a caller to take part in a run (tests, and evaluation during training), instead of environment
@@ -44,12 +48,35 @@ struct TrainHooks {
   std::function<void(int64_t step, Llava& model)> after_step;
   // Inside each checkpoint write, after its files are written and before the folder is renamed into place.
   std::function<void(const std::string& dir)> checkpoint_filled;
+  // Before each record is made into a sample (LoaderOptions::sample_hook): what it throws is that record's
+  // failure, skipped and counted (tests inject unforeseen failures through it).
+  std::function<void(const LlavaRecord& record)> sample_hook;
 };
 
+// What may happen to a run folder that already holds a run (mole train's flags).
+struct RunFolderRules {
+  // Without resume: a folder holding a run (run.json, metrics.jsonl, checkpoints/ or final/) is an error, unless
+  // overwrite, which removes those four first (nothing else in the folder).
+  bool overwrite = false;
+  // With resume: a config that differs from the saved run.json in anything that decides what the run computes
+  // (every field but those in resumable_config_changes()) is an error, unless this is set.
+  bool allow_config_change = false;
+};
+
+// The dotted config fields a resume may change without breaking exactness: where files go, logging, checkpoint
+// cadence, threads, device and loader threads.
+const std::vector<std::string>& resumable_config_changes();
+
+// Dotted keys whose values differ between two configs (TrainConfig::to_json), "key: old -> new" each, leaving
+// out resumable_config_changes().
+std::vector<std::string> config_changes(const nlohmann::json& saved, const nlohmann::json& now);
+
 // Runs (or with `resume`, continues from RUN/checkpoints/latest) the training the config describes. Writes
-// RUN/run.json, RUN/metrics.jsonl, checkpoints and RUN/final. Throws on bad configs, on data that is unusable as
-// a whole, and when non-finite steps keep coming (TrainingError).
-TrainResult run_training(const TrainConfig& config, bool resume, const TrainHooks& hooks = {});
+// RUN/run.json, RUN/metrics.jsonl, checkpoints and RUN/final. Resuming a run that finished (RUN/final exists and
+// the step count is unchanged) says so and changes nothing. Throws on bad configs, on a folder the rules refuse,
+// on data that is unusable as a whole, and when non-finite steps keep coming (TrainingError).
+TrainResult run_training(const TrainConfig& config, bool resume, const TrainHooks& hooks = {},
+                         const RunFolderRules& rules = {});
 
 // One optimizer step's forward and backward: grad_accum batches from the loader, each batch's mean loss (next-
 // token cross-entropy, -100 ignored, plus the weighted balance losses the MoLE layers report into `losses`)

@@ -48,7 +48,7 @@ TEST_CASE("bad LLaVA records are skipped and counted by reason", "[unit][data][l
                      R"({"id": "m", "conversations": [{"from": "human" "value": "oops"}]})" + ",\n" +  // malformed
                      R"({"id": "n"})" + ",\n" +                                                        // no conversations
                      R"({"id": "e", "conversations": []})" + ",\n" +                                   // empty
-                     R"({"id": "r", "conversations": [{"from": "system", "value": "x"}]})" + ",\n" +   // unknown role
+                     R"({"id": "r", "conversations": [{"from": "robot", "value": "x"}]})" + ",\n" +    // unknown role
                      R"({"id": "t", "image": "y.jpg", "conversations": [{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "z"}]})" +
                      ",\n" + bad_utf8 + ",\n" + kGood2 + "]";
   auto d = read_llava_dataset(write(dir, "d.json", text));
@@ -59,13 +59,14 @@ TEST_CASE("bad LLaVA records are skipped and counted by reason", "[unit][data][l
   CHECK(counts["malformed JSON record"] == 1);
   CHECK(counts["no conversations"] == 1);
   CHECK(counts["empty conversation"] == 1);
-  CHECK(counts["unknown role 'system'"] == 1);
+  CHECK(counts["unknown role 'robot'"] == 1);
   CHECK(counts["<image> tags (2) do not match images (1)"] == 1);
   CHECK(counts["invalid UTF-8"] == 1);
   CHECK(d.skipped.total() == 6);
   auto j = d.skipped.to_json();
   CHECK(j["reasons"]["no conversations"]["first_ids"][0] == "n");
-  CHECK_THAT(d.skipped.to_text(), Contains("1 x empty conversation (e.g. e)"));
+  CHECK_THAT(d.skipped.to_text(), Contains("1 x empty conversation (e.g. e in " + dir + "/d.json)"));
+  CHECK(j["reasons"]["no conversations"]["first_files"][0] == dir + "/d.json");
 
   CHECK_THROWS_WITH(read_llava_dataset(dir + "/d.json", /*strict=*/true),
                     Contains("d.json: record #1 (index 1): malformed JSON record"));
@@ -94,4 +95,59 @@ TEST_CASE("split_json_array respects strings and nesting", "[unit][data][llava]"
   CHECK(parts[0] == R"( {"a": "x,]}"})");
   CHECK(parts[2] == R"( "s\"q,")");
   CHECK(split_json_array("[]", "t").empty());
+}
+
+TEST_CASE("record forms users bring: messages, role/content, parts, system, gpt first, images without tags",
+          "[unit][data][llava]") {
+  auto parse = [](const std::string& text, LlavaRecord* r) { return parse_llava_record(nlohmann::json::parse(text), 0, r); };
+  using Turns = std::vector<std::pair<std::string, std::string>>;
+  auto turns_of = [](const LlavaRecord& r) {
+    Turns t;
+    for (const Turn& turn : r.turns) t.emplace_back(turn.role, turn.text);
+    return t;
+  };
+  LlavaRecord r;
+  SECTION("OpenAI / LLaMA-Factory messages with role and content, a system turn first") {
+    REQUIRE(parse(R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>Hi"},
+                                   {"role": "assistant", "content": "Hello."}], "images": ["a.png"]})", &r) == "");
+    CHECK(turns_of(r) == Turns{{"system", "Be brief."}, {"human", "<image>Hi"}, {"gpt", "Hello."}});
+    CHECK(r.images == std::vector<std::string>{"a.png"});
+  }
+  SECTION("user/assistant under from/value, content as a list of parts") {
+    REQUIRE(parse(R"({"image": "a.png", "conversations": [{"from": "user", "value": [{"type": "image"},
+                     {"type": "text", "text": "What?"}]}, {"from": "assistant", "value": "A cat."}]})", &r) == "");
+    CHECK(turns_of(r) == Turns{{"human", "<image>What?"}, {"gpt", "A cat."}});
+  }
+  SECTION("a first turn from gpt is dropped, as LLaVA's preprocess does") {
+    REQUIRE(parse(R"({"conversations": [{"from": "gpt", "value": "Ask me."}, {"from": "human", "value": "Q"},
+                     {"from": "gpt", "value": "A"}]})", &r) == "");
+    CHECK(turns_of(r) == Turns{{"human", "Q"}, {"gpt", "A"}});
+    REQUIRE(parse(R"({"conversations": [{"from": "system", "value": "S"}, {"from": "gpt", "value": "x"},
+                     {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]})", &r) == "");
+    CHECK(turns_of(r) == Turns{{"system", "S"}, {"human", "Q"}, {"gpt", "A"}});
+  }
+  SECTION("images without a tag: one <image> per image at the start of the first human turn") {
+    REQUIRE(parse(R"({"image": "a.png", "conversations": [{"from": "human", "value": "What?"},
+                     {"from": "gpt", "value": "A cat."}]})", &r) == "");
+    CHECK(r.turns[0].text == "<image>\nWhat?");
+    REQUIRE(parse(R"({"image": ["a.png", "b.png"], "conversations": [{"from": "system", "value": "S"},
+                     {"from": "human", "value": "Same?"}, {"from": "gpt", "value": "No."}]})", &r) == "");
+    CHECK(r.turns[1].text == "<image>\n<image>\nSame?");
+  }
+  SECTION("several images with as many tags, anywhere, in order") {
+    REQUIRE(parse(R"({"image": ["a.png", "b.png", "c.png"], "conversations": [{"from": "human", "value": "<image> vs <image>?"},
+                     {"from": "gpt", "value": "Left."}, {"from": "human", "value": "And <image>?"}, {"from": "gpt", "value": "Right."}]})",
+                  &r) == "");
+    CHECK(r.images.size() == 3);
+  }
+  SECTION("what stays a problem") {
+    CHECK(parse(R"({"image": ["a.png", "b.png"], "conversations": [{"from": "human", "value": "<image> x"},
+                   {"from": "gpt", "value": "y"}]})", &r) == "<image> tags (1) do not match images (2)");
+    CHECK(parse(R"({"conversations": [{"from": "human", "value": "x"}, {"from": "system", "value": "y"}]})", &r) ==
+          "a system turn after the first (turn 1)");
+    CHECK(parse(R"({"image": "a.png", "images": ["b.png"], "conversations": []})", &r) == "both \"image\" and \"images\"");
+    CHECK(parse(R"({"image": "a.png", "conversations": [{"from": "gpt", "value": "y"}]})", &r) == "no human turn");
+    CHECK(parse(R"({"messages": [{"role": "user", "content": [{"type": "audio"}]}]})", &r) ==
+          "conversation turn 0 has no string value");
+  }
 }

@@ -17,6 +17,7 @@
 #include <opencv2/imgproc.hpp>
 #include <torch/torch.h>
 
+#include "data/data_check.h"
 #include "data/loader.h"
 #include "tests/language/tiny_tokenizer.h"
 #include "tests/test_util.h"
@@ -105,6 +106,24 @@ Fixture make_dataset(const std::string& tag, int n_good, bool corrupt) {
     text += record("bad_huge", "huge.png", "<image>\\nWhat is it?", "A circle.") + ",\n";
     text += std::string(R"({"id": "bad_utf8", "conversations": [{"from": "human", "value": "caf)") + "\xC3\x28" +
             R"("}, {"from": "gpt", "value": "Yes."}]})" ",\n";
+    // Records of the shapes users bring from other tools: all good (kOddGood), then the bad two-image one and
+    // one the tests make fail for an unforeseen reason through LoaderOptions::sample_hook (bad_injected).
+    write_image(f.dir + "/img/two.png", 5);
+    text += R"({"id": "odd_two_images", "image": ["one.png", "two.png"], "conversations": [{"from": "human",
+              "value": "<image> or <image>: which is brighter?"}, {"from": "gpt", "value": "The second."}]},)" "\n";
+    text += R"({"id": "odd_gpt_first", "image": "one.png", "conversations": [{"from": "gpt", "value": "Ask me."},
+              {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A circle."}]},)" "\n";
+    text += R"({"id": "odd_system", "conversations": [{"from": "system", "value": "Answer briefly."},
+              {"from": "human", "value": "What is one plus one?"}, {"from": "gpt", "value": "Two."}]},)" "\n";
+    text += R"({"id": "odd_messages", "images": ["one.png"], "messages": [{"role": "user", "content": "<image>What is it?"},
+              {"role": "assistant", "content": "A circle."}]},)" "\n";
+    text += R"({"id": "odd_no_tag", "image": "two.png", "conversations": [{"from": "human", "value": "What is it?"},
+              {"from": "gpt", "value": "A circle."}]},)" "\n";
+    text += R"({"id": "odd_parts", "image": "one.png", "messages": [{"role": "user", "content": [{"type": "image"},
+              {"type": "text", "text": "Describe it."}]}, {"role": "assistant", "content": "A white circle."}]},)" "\n";
+    text += R"({"id": "bad_two_images_one_tag", "image": ["one.png", "two.png"], "conversations": [{"from": "human",
+              "value": "<image>\nWhich?"}, {"from": "gpt", "value": "The first."}]},)" "\n";
+    text += record("bad_injected", "one.png", "<image>\\nWhat is it?", "A circle.") + ",\n";
   }
   text += record("last", "", "What is two plus two?", "Four.") + "]";
   f.data = f.dir + "/data.json";
@@ -112,6 +131,14 @@ Fixture make_dataset(const std::string& tag, int n_good, bool corrupt) {
   f.tokenizer = std::make_shared<const Tokenizer>(mole::test::tiny_tokenizer());
   f.images = std::make_shared<const ImageProcessor>(small_images());
   return f;
+}
+
+const std::vector<std::string> kOddGood = {"odd_two_images", "odd_gpt_first", "odd_system",
+                                           "odd_messages",   "odd_no_tag",    "odd_parts"};
+
+// The unforeseen failure the corrupted-data tests inject into one record whose image and text are fine.
+void inject_failure(const LlavaRecord& record) {
+  if (record.id == "bad_injected") throw std::runtime_error("injected failure");
 }
 
 LoaderOptions small_options(const Fixture& f) {
@@ -158,24 +185,44 @@ TEST_CASE("corrupted dataset: the loader finishes and skips exactly the bad reco
   auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
   LoaderOptions o = small_options(f);
   o.n_epochs = 2;  // bad records are counted once, not once per epoch
+  o.sample_hook = inject_failure;
   DataLoader loader(dataset, f.tokenizer, f.images, o);
   std::vector<Batch> batches = drain(loader);
 
   std::multiset<std::string> seen;
-  for (const Batch& b : batches)
+  int64_t n_images = 0;
+  for (const Batch& b : batches) {
     for (const std::string& id : b.ids) seen.insert(id);
+    n_images += b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
+    // every image id block is filled by an image: ids = images x n_image_tokens, batch by batch
+    CHECK((b.input_ids == f.tokenizer->image_token_id()).sum().item<int64_t>() ==
+          (b.pixel_values.defined() ? b.pixel_values.size(0) : 0) * o.n_image_tokens);
+  }
   for (int i = 0; i < 10; ++i) CHECK(seen.count("g" + std::to_string(i)) == 2);
+  for (const std::string& id : kOddGood) CHECK(seen.count(id) == 2);
   CHECK(seen.count("last") == 2);
-  CHECK(seen.size() == 22);  // nothing else got in
+  CHECK(seen.size() == 2 * (11 + kOddGood.size()));  // nothing else got in
+  CHECK(n_images == 2 * (7 + 6));  // g0 g1 g3 g4 g6 g7 g9, and the odd ones: two + one + one + one + one
 
   const SkipReport report = loader.skip_report();
   const std::map<std::string, int64_t> expected = {
       {"truncated image", 1},    {"image file missing", 1},  {"not an image", 1},
       {"no conversations", 1},   {"<image> tags (2) do not match images (1)", 1},
-      {"image too large", 1},    {"invalid UTF-8", 1}};
+      {"image too large", 1},    {"invalid UTF-8", 1},       {"<image> tags (1) do not match images (2)", 1},
+      {"sample failed: injected failure", 1}};
   CHECK(report.counts() == expected);
-  CHECK(report.total() == 7);
+  CHECK(report.total() == 9);
   const auto j = report.to_json();
+  CHECK(j["reasons"]["sample failed: injected failure"]["first_ids"] == nlohmann::json::array({"bad_injected"}));
+  CHECK(j["reasons"]["sample failed: injected failure"]["first_files"] == nlohmann::json::array({f.data}));
+  CHECK(j["reasons"]["invalid UTF-8"]["first_files"] == nlohmann::json::array({f.data}));
+
+  SECTION("check_dataset, what mole check-data runs, reports exactly the same") {
+    const DataCheck check = check_dataset(dataset, f.tokenizer, f.images, o);
+    CHECK(check.skipped.to_json() == report.to_json());
+    CHECK(check.usable_samples == int64_t(11 + kOddGood.size()));
+    CHECK(check.images == 7 + 6);
+  }
   CHECK(j["reasons"]["truncated image"]["first_ids"] == nlohmann::json::array({"bad_truncated"}));
   CHECK(j["reasons"]["image file missing"]["first_ids"] == nlohmann::json::array({"bad_missing"}));
   CHECK(j["reasons"]["not an image"]["first_ids"] == nlohmann::json::array({"bad_not_image"}));
@@ -350,16 +397,16 @@ TEST_CASE("mole check-data reports the corrupted dataset and exits 0, and 1 on a
                            "/img --image-tokens 4 --preprocessor " + pre;
   REQUIRE(mole::test::run_command(base + " --data " + f.data + " --json", &out) == 0);
   const auto report = nlohmann::json::parse(out);
-  CHECK(report["records"] == 13);
-  CHECK(report["usable_samples"] == 6);
-  CHECK(report["images"] == 4);  // g0 g1 g3 g4 (g2 and "last" are text-only)
-  CHECK(report["skipped"]["total"] == 7);
+  CHECK(report["records"] == 13 + 8);
+  CHECK(report["usable_samples"] == 6 + 6 + 1);  // bad_injected is good without the test's hook
+  CHECK(report["images"] == 4 + 6 + 1);  // g0 g1 g3 g4 (g2 and "last" are text-only), the odd ones, bad_injected
+  CHECK(report["skipped"]["total"] == 8);
   CHECK(report["skipped"]["reasons"]["image too large"]["first_ids"][0] == "bad_huge");
   CHECK(report["tokens_max"].get<int64_t>() > 4);
 
   REQUIRE(mole::test::run_command(base + " --data " + f.data, &out) == 0);
-  CHECK_THAT(out, Contains("1 x truncated image (e.g. bad_truncated)"));
-  CHECK_THAT(out, Contains("skipped: 7"));
+  CHECK_THAT(out, Contains("1 x truncated image (e.g. bad_truncated in " + f.data + ")"));
+  CHECK_THAT(out, Contains("skipped: 8"));
 
   CHECK(mole::test::run_command(base + " --data " + f.data + " --strict", &out) == 1);
   CHECK_THAT(out, Contains("bad_no_conversations"));

@@ -77,6 +77,37 @@ TEST_CASE("template names, image tags and LLaVA's move of <image> to the front",
   CHECK(move_image_to_front("  What <image> is it? ") == "<image>\nWhat  is it?");  // str.replace leaves both spaces
   CHECK(move_image_to_front("<image>") == "<image>");  // "<image>\n".strip()
   CHECK(move_image_to_front("no image here ") == "no image here ");
+  // several tags in one turn stay where they are (interleaved images, LLaVA-OneVision)
+  CHECK(move_image_to_front("Left <image> and right <image>?") == "Left <image> and right <image>?");
+}
+
+TEST_CASE("a system turn takes the template's system slot, and several images expand in order",
+          "[unit][language][template]") {
+  const Tokenizer& tok = test::tiny_tokenizer();
+  const int64_t img = tok.image_token_id();
+  const std::vector<Turn> turns = {{"system", "Answer briefly."}, {"human", "<image>\nWhat?"}, {"gpt", "A star."}};
+  CHECK(prompt_text(turns, Template::kVicunaV1) == "Answer briefly. USER: <image>\nWhat? ASSISTANT: A star.</s>");
+  CHECK(prompt_text(turns, Template::kLlavaLlama2) ==
+        "[INST] <<SYS>>\nAnswer briefly.\n<</SYS>>\n\n<image>\nWhat? [/INST] A star. </s>");
+  CHECK(prompt_text({{"system", ""}, {"human", "Q"}, {"gpt", "A"}}, Template::kLlavaLlama2) == "[INST] Q [/INST] A </s>");
+  CHECK(prompt_text(turns, Template::kPlain) == "<image>A star.\n");
+  CHECK(tokenize_conversation({{"human", "Q"}, {"system", "S"}, {"gpt", "A"}}, tok, Template::kVicunaV1, 4, 0).problem ==
+        "a system turn after the first (turn 1)");
+
+  // two images: two blocks of n_image_tokens, with the text between them kept
+  const std::vector<Turn> two = {{"human", "<image> or <image>: which is red?"}, {"gpt", "The first."}};
+  CHECK(prompt_text(two, Template::kVicunaV1) ==
+        kVicunaSys + " USER: <image> or <image>: which is red? ASSISTANT: The first.</s>");
+  const TokenizedSample s = tokenize_conversation(two, tok, Template::kVicunaV1, 3, 0);
+  REQUIRE(s.problem.empty());
+  std::vector<int64_t> runs;  // lengths of the runs of image ids
+  for (size_t i = 0; i < s.input_ids.size(); ++i)
+    if (s.input_ids[i] == img) {
+      if (i == 0 || s.input_ids[i - 1] != img) runs.push_back(0);
+      ++runs.back();
+    }
+  CHECK(runs == std::vector<int64_t>{3, 3});
+  CHECK(prompt_text({{"human", "<image>\n<image>"}, {"gpt", "Two."}}, Template::kPlain) == "<image><image>Two.\n");
 }
 
 TEST_CASE("vicuna_v1: exact ids and labels", "[unit][language][template]") {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,7 +23,9 @@
 #include "core/dtype.h"
 #include "core/json_config.h"
 #include "core/safetensors.h"
+#include "data/data_check.h"
 #include "data/shapes.h"
+#include "model/llava_loader.h"
 #include "model/trained_model.h"
 #include "moe/routing_context.h"
 #include "pipelines/checkpoint.h"
@@ -578,4 +581,174 @@ TEST_CASE("model.dtype bfloat16: the frozen base in bf16, what trains in float32
   CHECK_THROWS_WITH(TrainConfig::from_json(config, "c"), Contains("bfloat16 needs bfloat16 autocast"));
   config["model"]["dtype"] = "fp16";
   CHECK_THROWS_WITH(TrainConfig::from_json(config, "c"), Contains("must be float32 or bfloat16"));
+}
+
+TEST_CASE("odd and bad records: training finishes, trains every good one, counts every bad one once as check-data does",
+          "[unit][train][data]") {
+  const Setup& s = setup();
+  const std::string dir = mole::test::scratch_dir("training_odd_records");
+  const std::string img = "images/train/000000.png", img2 = "images/train/000001.png";
+  // Good: plain, two images in one turn, images in two turns, gpt first, a system turn, messages with parts, an
+  // image without a tag. Bad: a missing image, two images for one tag, and bad_injected, which the hook fails.
+  const std::vector<std::string> good = {"plain", "two_images", "two_turns", "gpt_first", "system", "messages", "no_tag"};
+  std::ofstream(dir + "/odd.json") << R"([
+    {"id": "plain", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "<image>\nWhat shape?"}, {"from": "gpt", "value": "A star."}]},
+    {"id": "two_images", "image": [")" + img + R"(", ")" + img2 + R"("], "conversations": [{"from": "human", "value": "<image> or <image>?"}, {"from": "gpt", "value": "The first."}]},
+    {"id": "two_turns", "image": [")" + img + R"(", ")" + img2 + R"("], "conversations": [{"from": "human", "value": "<image>\nThis?"}, {"from": "gpt", "value": "Red."},
+                                       {"from": "human", "value": "And <image>?"}, {"from": "gpt", "value": "Blue."}]},
+    {"id": "gpt_first", "conversations": [{"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Two plus two?"}, {"from": "gpt", "value": "Four."}]},
+    {"id": "system", "conversations": [{"from": "system", "value": "Answer in one word."}, {"from": "human", "value": "Colour of grass?"}, {"from": "gpt", "value": "Green."}]},
+    {"id": "messages", "images": [")" + img2 + R"("], "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Shape?"}]}, {"role": "assistant", "content": "A cube."}]},
+    {"id": "no_tag", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Green."}]},
+    {"id": "bad_missing", "image": "images/train/gone.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]},
+    {"id": "bad_two_for_one", "image": [")" + img + R"(", ")" + img2 + R"("], "conversations": [{"from": "human", "value": "<image>\nWhich?"}, {"from": "gpt", "value": "B."}]},
+    {"id": "bad_injected", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "C."}]}
+  ])";
+  json config = finetune_config(dir + "/run");
+  config["data"]["train"] = dir + "/odd.json";
+  config["data"]["workers"] = 0;  // records are prepared as batches are taken: the hook sees exactly one epoch
+  config["optim"]["steps"] = 2;   // 10 records, batches of 4, 2 per step: the 3 batches of one epoch (and 1 more)
+  config["optim"]["grad_accum"] = 2;
+  std::multiset<std::string> prepared;
+  TrainHooks hooks;
+  hooks.sample_hook = [&](const LlavaRecord& r) {
+    prepared.insert(r.id);
+    if (r.id == "bad_injected") throw std::runtime_error("injected failure");
+  };
+  const TrainResult result = run_training(TrainConfig::from_json(config, "odd"), false, hooks);
+  CHECK(result.steps == 2);
+  CHECK(std::isfinite(result.last_loss));
+  // every good record was made into a sample of a trained batch (the 4th batch repeats 4 of the next epoch's)
+  for (const std::string& id : good) CHECK(prepared.count(id) >= 1);
+  const std::map<std::string, int64_t> expected = {{"image file missing", 1},
+                                                   {"<image> tags (1) do not match images (2)", 1},
+                                                   {"sample failed: injected failure", 1}};
+  CHECK(result.skipped.counts() == expected);
+  const json j = result.skipped.to_json();
+  for (const auto& [reason, entry] : j["reasons"].items()) CHECK(entry["first_files"][0] == dir + "/odd.json");
+  CHECK(j["reasons"]["sample failed: injected failure"]["first_ids"][0] == "bad_injected");
+
+  // check-data's code on the same data and settings finds the very same
+  const TrainConfig c = TrainConfig::from_json(config, "odd");
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.n_workers = 0;
+  o.conversation_template = c.data.conversation_template;
+  o.max_len = c.data.max_len;
+  o.n_image_tokens = read_llava_config(s.base).n_image_features();
+  o.image_dir = s.data;
+  o.sample_hook = hooks.sample_hook;
+  const DataCheck check =
+      check_dataset(std::make_shared<const LlavaDataset>(read_llava_dataset(dir + "/odd.json")),
+                    std::make_shared<const Tokenizer>(Tokenizer::load(s.tokenizer)),
+                    std::make_shared<const ImageProcessor>(ImageProcessorConfig::from_file(s.base + "/preprocessor_config.json")), o);
+  CHECK(check.skipped.to_json() == j);
+  CHECK(check.usable_samples == int64_t(good.size()));
+  CHECK(check.images == 1 + 2 + 2 + 1 + 1);
+}
+
+TEST_CASE("run folders: a second run into a run's folder is refused unless --overwrite, which starts it anew",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_folder_overwrite");
+  json config = finetune_config(dir + "/run");
+  config["optim"]["steps"] = 2;
+  config["run"]["save_every"] = 1;
+  run_training(TrainConfig::from_json(config, "first"), false);
+  REQUIRE(fs::exists(dir + "/run/checkpoints/step-0000001"));
+  std::ofstream(dir + "/run/notes.txt") << "the user's own file";
+  CHECK_THROWS_WITH(run_training(TrainConfig::from_json(config, "again"), false),
+                    Contains(dir + "/run: holds a run already") && Contains("--resume") && Contains("--overwrite"));
+
+  config["run"]["save_every"] = 0;
+  RunFolderRules overwrite;
+  overwrite.overwrite = true;
+  const TrainResult again = run_training(TrainConfig::from_json(config, "again"), false, {}, overwrite);
+  CHECK(again.steps == 2);
+  CHECK(!fs::exists(dir + "/run/checkpoints/step-0000001"));  // the first run's checkpoints are gone
+  CHECK(fs::exists(dir + "/run/checkpoints/step-0000002"));
+  CHECK(logged_steps(dir + "/run/metrics.jsonl").size() == 2);  // one run's lines, not two
+  CHECK(fs::exists(dir + "/run/notes.txt"));                    // only mole's own files were removed
+  // an empty folder, or one without a run in it, is fine
+  fs::create_directories(dir + "/empty");
+  config["out"] = dir + "/empty";
+  CHECK(run_training(TrainConfig::from_json(config, "empty"), false).steps == 2);
+}
+
+TEST_CASE("run folders: --resume refuses config changes that break exactness, and a finished run is left alone",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_folder_resume");
+  json config = finetune_config(dir + "/run");
+  config["run"]["stop_after"] = 2;
+  run_training(TrainConfig::from_json(config, "first"), false);
+
+  json longer = config;
+  longer["optim"]["steps"] = 8;
+  longer["data"]["batch_size"] = 2;
+  CHECK_THROWS_WITH(run_training(TrainConfig::from_json(longer, "longer"), true),
+                    Contains("run.json: --resume with a config that differs") && Contains("optim.steps: 6 -> 8") &&
+                        Contains("data.batch_size: 4 -> 2") && Contains("--allow-config-change"));
+  // what does not decide the result may change: logging, stop_after, threads, loader threads
+  json cosmetic = config;
+  cosmetic["run"].erase("stop_after");
+  cosmetic["run"]["log_every"] = 3;
+  cosmetic["run"]["threads"] = 2;
+  cosmetic["data"]["workers"] = 1;
+  CHECK(config_changes(TrainConfig::from_json(config, "a").to_json(), TrainConfig::from_json(cosmetic, "b").to_json())
+            .empty());
+  json resumed = config;
+  resumed["run"].erase("stop_after");
+  const TrainResult done = run_training(TrainConfig::from_json(resumed, "resumed"), true);
+  CHECK(done.steps == 6);
+  CHECK(!done.already_finished);
+
+  // resuming again: the run is over; nothing is written
+  const auto final_time = fs::last_write_time(dir + "/run/final/trainable.safetensors");
+  const auto metrics_size = fs::file_size(dir + "/run/metrics.jsonl");
+  const TrainResult again = run_training(TrainConfig::from_json(resumed, "again"), true);
+  CHECK(again.already_finished);
+  CHECK(again.steps == 6);
+  CHECK(fs::last_write_time(dir + "/run/final/trainable.safetensors") == final_time);
+  CHECK(fs::file_size(dir + "/run/metrics.jsonl") == metrics_size);
+
+  // more steps on a finished run, allowed explicitly: it goes on from step 6
+  json more = resumed;
+  more["optim"]["steps"] = 7;
+  CHECK_THROWS_WITH(run_training(TrainConfig::from_json(more, "more"), true), Contains("optim.steps: 6 -> 7"));
+  RunFolderRules allow;
+  allow.allow_config_change = true;
+  CHECK(run_training(TrainConfig::from_json(more, "more"), true, {}, allow).steps == 7);
+}
+
+TEST_CASE("metrics.jsonl reads as one run after a resume from an older checkpoint, and the summary is the window mean",
+          "[unit][train]") {
+  const std::string dir = mole::test::scratch_dir("training_metrics_resume");
+  json config = finetune_config(dir + "/run");
+  config["run"]["save_every"] = 2;
+  config["run"]["keep_last"] = 5;
+  config["run"]["log_every"] = 3;
+  const TrainResult straight = run_training(TrainConfig::from_json(config, "straight"), false);
+  // the mean of the last window (steps 4-6) is what the run reports, as the window's own line says
+  const auto windows = logged_steps(dir + "/run/metrics.jsonl");
+  REQUIRE(windows.size() == 2);
+  CHECK(straight.mean_loss == Approx(windows[1]["loss"].get<double>()).epsilon(1e-9));
+
+  // as if the process had died after step 6 was logged but before its checkpoint: resume from step 4
+  fs::remove_all(dir + "/run/final");
+  fs::remove_all(dir + "/run/checkpoints/step-0000006");
+  fs::remove(dir + "/run/checkpoints/latest");
+  config["run"]["log_every"] = 1;
+  const TrainResult resumed = run_training(TrainConfig::from_json(config, "resumed"), true);
+  CHECK(resumed.steps == 6);
+  std::map<int64_t, int> lines_per_step;
+  int ends = 0;
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j.value("event", "") == "end") ++ends;
+    else if (j.contains("loss")) ++lines_per_step[j["step"].get<int64_t>()];
+  }
+  CHECK(ends == 1);
+  // step 3 from the first run (a window of 1-3), then 5 and 6 from the resumed one, each once; the first run's
+  // line for step 6 was dropped
+  CHECK(lines_per_step == std::map<int64_t, int>{{3, 1}, {5, 1}, {6, 1}});
 }
