@@ -67,6 +67,12 @@ void LinearImpl::merge() {
   merged_ = true;
 }
 
+void LinearImpl::fold_adapter() {
+  merge();
+  merged_ = false;
+  detach_adapter(*this, adapter);
+}
+
 void LinearImpl::unmerge() {
   if (!merged_) return;
   torch::NoGradGuard no_grad;

@@ -63,6 +63,8 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
   // Folds a merge-able adapter (plain LoRA) into W, so inference costs nothing extra; unmerge() undoes it.
   void merge();
   void unmerge();
+  // Folds a merge-able adapter into W for good and removes it: a plain Linear again (mole export --merge).
+  void fold_adapter();
   bool merged() const { return merged_; }
 
   LinearOptions options;

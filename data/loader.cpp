@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <sstream>
 
@@ -131,11 +132,28 @@ constexpr int64_t kMegabatchMultiplier = 50;  // transformers' get_length_groupe
 
 }  // namespace
 
+std::vector<int64_t> epoch_pool(const std::vector<std::vector<int64_t>>& groups, const std::vector<double>& weights,
+                                uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> pool;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const double whole = std::floor(weights[g]);
+    for (int64_t k = 0; k < int64_t(whole); ++k) pool.insert(pool.end(), groups[g].begin(), groups[g].end());
+    const auto part = size_t(std::llround((weights[g] - whole) * double(groups[g].size())));
+    if (part == 0) continue;
+    std::vector<int64_t> drawn = groups[g];
+    SplitMix64 rng{seed * 0x2545F4914F6CDD1Dull + uint64_t(epoch) * 0x9E3779B97F4A7C15ull + g * 0xD1B54A32D192ED03ull + 7};
+    rng.shuffle(drawn);
+    pool.insert(pool.end(), drawn.begin(), drawn.begin() + std::ptrdiff_t(part));
+  }
+  return pool;
+}
+
 std::vector<std::vector<int64_t>> epoch_batches(const std::vector<int64_t>& lengths, const LoaderOptions& options,
-                                                uint64_t seed, int64_t epoch) {
-  const int64_t n = int64_t(lengths.size()), b = options.batch_size;
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
+                                                uint64_t seed, int64_t epoch, const std::vector<int64_t>* pool) {
+  std::vector<int64_t> order(lengths.size());
+  if (pool) order = *pool;
+  else std::iota(order.begin(), order.end(), 0);
+  const int64_t n = int64_t(order.size()), b = options.batch_size;
   SplitMix64 rng{seed * 0x100000001B3ull + uint64_t(epoch) * 0x9E3779B97F4A7C15ull + 1};
   if (options.shuffle) rng.shuffle(order);
 
@@ -195,7 +213,27 @@ DataLoader::DataLoader(std::shared_ptr<const LlavaDataset> dataset, std::shared_
 
   lengths_.reserve(n);
   for (const LlavaRecord& r : dataset_->records) lengths_.push_back(estimated_length(r, options_.n_image_tokens));
-  batches_per_epoch_ = options_.drop_last ? n / options_.batch_size : (n + options_.batch_size - 1) / options_.batch_size;
+  int64_t per_epoch = n;  // samples an epoch holds
+  if (!options_.file_weights.empty()) {
+    std::map<std::string, size_t> group_of;
+    for (int64_t i = 0; i < n; ++i) {
+      const std::string& file = dataset_->records[size_t(i)].file;
+      auto [it, added] = group_of.emplace(file, groups_.size());
+      if (added) {
+        groups_.emplace_back();
+        auto w = options_.file_weights.find(file);
+        group_weights_.push_back(w == options_.file_weights.end() ? 1.0 : w->second);
+      }
+      groups_[it->second].push_back(i);
+    }
+    for (const auto& [file, w] : options_.file_weights)
+      if (!(w >= 0.0) || !std::isfinite(w))
+        throw ConfigError("data loader: the weight of " + file + " must be a finite number >= 0, got " + std::to_string(w));
+    per_epoch = int64_t(epoch_pool(groups_, group_weights_, options_.seed, 0).size());
+    if (per_epoch == 0) throw DataError(dataset_->path + ": the file weights leave no record in an epoch");
+  }
+  const int64_t b = options_.batch_size;
+  batches_per_epoch_ = options_.drop_last ? per_epoch / b : (per_epoch + b - 1) / b;
   if (batches_per_epoch_ == 0)
     throw DataError(dataset_->path + ": " + std::to_string(n) + " records make no full batch of " +
                     std::to_string(options_.batch_size) + " with drop_last");
@@ -238,7 +276,12 @@ std::vector<int64_t> DataLoader::batch_records(int64_t epoch, int64_t batch) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = plans_.find(epoch);
   if (it == plans_.end()) {
-    it = plans_.emplace(epoch, epoch_batches(lengths_, options_, options_.seed, epoch)).first;
+    if (groups_.empty()) {
+      it = plans_.emplace(epoch, epoch_batches(lengths_, options_, options_.seed, epoch)).first;
+    } else {
+      const std::vector<int64_t> pool = epoch_pool(groups_, group_weights_, options_.seed, epoch);
+      it = plans_.emplace(epoch, epoch_batches(lengths_, options_, options_.seed, epoch, &pool)).first;
+    }
     while (plans_.size() > 3) plans_.erase(plans_.begin());  // workers are at most an epoch apart
   }
   return it->second.at(size_t(batch));

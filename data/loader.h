@@ -76,6 +76,10 @@ struct LoaderOptions {
   /// Folder the records' image paths are relative to.
   std::string image_dir;
   bool strict = false;
+  /// Sampling weight of each training file (LlavaRecord::file); files not named weigh 1. An epoch holds
+  /// round(w x records) samples of a file: floor(w) passes over all its records plus, for the fraction, a subset
+  /// drawn afresh each epoch from (seed, epoch): exact proportions, deterministic. 0 leaves a file out.
+  std::map<std::string, double> file_weights;
   /// Called with each record before it is prepared; what it throws is that sample's failure, skipped and counted
   /// like any other (tests inject failures through it). Empty: none.
   std::function<void(const LlavaRecord&)> sample_hook;
@@ -130,9 +134,17 @@ PreparedSample prepare_sample(const LlavaRecord& record, const Tokenizer& tokeni
 // n_image_tokens per image.
 int64_t estimated_length(const LlavaRecord& record, int64_t n_image_tokens);
 
-// The batches of one epoch, as record indices into `lengths` (whose size is the number of records).
+// The batches of one epoch, as record indices into `lengths` (whose size is the number of records). `pool`: the
+// epoch's record indices, repeats allowed (epoch_pool); null: every record once.
 std::vector<std::vector<int64_t>> epoch_batches(const std::vector<int64_t>& lengths, const LoaderOptions& options,
-                                                uint64_t seed, int64_t epoch);
+                                                uint64_t seed, int64_t epoch,
+                                                const std::vector<int64_t>* pool = nullptr);
+
+// The record indices one epoch samples when files carry weights: for each group (the indices of one file's
+// records) with weight w, floor(w) copies of all of them and the first round(frac(w) x size) of a permutation
+// drawn from (seed, epoch, group). Its size is the same every epoch.
+std::vector<int64_t> epoch_pool(const std::vector<std::vector<int64_t>>& groups, const std::vector<double>& weights,
+                                uint64_t seed, int64_t epoch);
 
 class DataLoader {
  public:
@@ -174,6 +186,8 @@ class DataLoader {
   std::shared_ptr<const ImageProcessor> images_;
   LoaderOptions options_;
   std::vector<int64_t> lengths_;
+  std::vector<std::vector<int64_t>> groups_;  // with file weights: each file's record indices
+  std::vector<double> group_weights_;         // their weights; both empty when every file weighs 1
   int64_t batches_per_epoch_ = 0;
   int64_t start_global_ = 0;  // batch counter where this loader started (epoch * per_epoch + batch)
   int64_t end_global_ = -1;   // one past the last batch; -1: no end

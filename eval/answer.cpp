@@ -9,6 +9,7 @@
 
 #include "core/json_config.h"
 #include "eval/vqa_metrics.h"
+#include "model/adapters.h"
 #include "language/generate.h"
 #include "moe/routing_context.h"
 
@@ -26,6 +27,15 @@ std::vector<int64_t> generation_prompt_ids(const std::string& question, bool has
   while (end < s.labels.size() && s.labels[end] == kIgnoreIndex) ++end;
   s.input_ids.resize(end);
   return s.input_ids;
+}
+
+void put_adapter(TrainedModel& m, const std::string& dir) {
+  if (!adapter_parameters(m.model).empty())
+    throw ConfigError(m.source + " carries adapters already; --adapter " + dir +
+                      " goes on a model without them (a llava-hf folder, or an align / pretrain run)");
+  const AdapterConfig config = load_adapter(dir, m.model);
+  m.spec.adapter = config.to_json();
+  m.model->eval();
 }
 
 namespace {
@@ -74,7 +84,7 @@ std::vector<ModelAnswer> answer_questions(TrainedModel& m, const std::vector<Vqa
     }
     GenerateOptions g;
     g.max_new_tokens = options.max_new_tokens;
-    g.eos_token_ids = {tok.eos_id()};
+    g.eos_token_ids = template_stop_ids(m.conversation_template, tok);  // eos, and <|im_end|> / <|eot_id|>
     g.pad_token_id = pad;
     torch::Tensor out = m.model->generate(ids.to(device), mask.to(device),
                                           pixels.empty() ? torch::Tensor() : torch::stack(pixels).to(device), g)
@@ -83,12 +93,12 @@ std::vector<ModelAnswer> answer_questions(TrainedModel& m, const std::vector<Vqa
       std::vector<int64_t> generated;
       for (int64_t t = 0; t < out.size(1); ++t) {
         const int64_t id = out[i][t].item<int64_t>();
-        if (id == tok.eos_id()) break;
+        if (std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), id) != g.eos_token_ids.end()) break;
         generated.push_back(id);
       }
       const VqaQuestion& q = questions[start + size_t(i)];
       answers.push_back({q.question_id, q.image.empty() ? q.text : "<image>\n" + q.text,
-                         trim(tok.decode(generated, true)), q.category});
+                         trim(tok.decode(generated, true)), q.category, generated});
     }
   }
   return answers;

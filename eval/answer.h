@@ -27,11 +27,16 @@ struct AnswerOptions {
   RoutingStats* routing = nullptr;  // routing statistics of prompts and generated tokens, when given
 };
 
+// Puts an adapter folder (mole's format, or PEFT's LoRA with an optional modules_to_save projector) on a loaded
+// model, for --adapter: a model that carries adapters already is refused (ConfigError naming both).
+void put_adapter(TrainedModel& m, const std::string& dir);
+
 struct ModelAnswer {
   int64_t question_id = 0;
   std::string prompt;  // the question as given to the template (with "<image>\n" when it has an image)
   std::string text;    // the decoded answer, trimmed
   std::string category;
+  std::vector<int64_t> ids;  // the generated ids, up to (not including) the stop token
 };
 
 // Answers every question, in order. An image that cannot be read is an ImageError naming it (an evaluation

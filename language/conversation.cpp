@@ -13,6 +13,8 @@ const std::string kImageTag = "<image>";
 const std::string kVicunaSystem =
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.";
+// Qwen2's chat template: the system turn it adds when a conversation has none.
+const std::string kChatmlSystem = "You are a helpful assistant.";
 const std::string kLlavaLlama2System =
     "You are a helpful language and vision assistant. You are able to understand the visual content that the "
     "user provides, and assist the user with a variety of tasks using natural language.";
@@ -75,6 +77,45 @@ std::string build_segments(const std::vector<Turn>& all_turns, Template t, std::
         add(Segment::kEos, "</s>", true);
       }
       break;
+    case Template::kMistralInstruct:
+      // Mistral-7B-Instruct's chat template: "[INST] " + q + " [/INST]" then a + eos; later rounds follow the
+      // </s> directly. Its template has no system role: a system text goes before the first question (+ "\n\n").
+      for (size_t r = 0; r < n_rounds; ++r) {
+        std::string sys = r == 0 && !system.empty() ? system + "\n\n" : "";
+        add(Segment::kText, "[INST] " + sys + texts[2 * r] + " [/INST]", false);
+        add(Segment::kContinuation, texts[2 * r + 1], true);
+        add(Segment::kEos, "</s>", true);
+      }
+      break;
+    case Template::kChatml: {
+      // Qwen2's chat template: "<|im_start|>" + role + "\n" + content + "<|im_end|>\n" per message, the system
+      // one first. Supervised: the answer and its <|im_end|> (the "\n" after it opens the next message).
+      std::string text = "<|im_start|>system\n" + system + "<|im_end|>\n";
+      for (size_t r = 0; r < n_rounds; ++r) {
+        text += "<|im_start|>user\n" + texts[2 * r] + "<|im_end|>\n<|im_start|>assistant\n";
+        add(Segment::kText, text, false);
+        add(Segment::kContinuation, texts[2 * r + 1], true);
+        add(Segment::kText, "<|im_end|>", true);
+        text = "\n";
+      }
+      add(Segment::kText, text, false);
+      break;
+    }
+    case Template::kLlama3: {
+      // Meta-Llama-3-Instruct's chat template: bos, then per message "<|start_header_id|>" + role +
+      // "<|end_header_id|>\n\n" + content | trim + "<|eot_id|>". Supervised: the answer and its <|eot_id|>.
+      auto header = [](const std::string& role) { return "<|start_header_id|>" + role + "<|end_header_id|>\n\n"; };
+      std::string text = "<|begin_of_text|>";
+      if (!system.empty()) text += header("system") + strip(system) + "<|eot_id|>";
+      for (size_t r = 0; r < n_rounds; ++r) {
+        text += header("user") + strip(texts[2 * r]) + "<|eot_id|>" + header("assistant");
+        add(Segment::kText, text, false);
+        add(Segment::kContinuation, strip(texts[2 * r + 1]), true);
+        add(Segment::kText, "<|eot_id|>", true);
+        text.clear();
+      }
+      break;
+    }
     case Template::kLlavaLlama2:
       // get_prompt (SeparatorStyle.LLAMA_2): "[INST] " + wrap_sys(system) + q + " [/INST]" then
       // " " + a + " " + "</s>"; later rounds open with sep "<s>".
@@ -93,8 +134,13 @@ std::string build_segments(const std::vector<Turn>& all_turns, Template t, std::
 
 }  // namespace
 
+// llava_v1 and v1 are LLaVA's own names for vicuna_v1 (conversation.py's conv_templates); the first name is the
+// one mole writes.
 MOLE_ENUM_NAMES(Template, "conversation template", {Template::kVicunaV1, "vicuna_v1"},
-                {Template::kLlavaLlama2, "llava_llama_2"}, {Template::kPlain, "plain"})
+                {Template::kVicunaV1, "llava_v1"}, {Template::kVicunaV1, "v1"},
+                {Template::kLlavaLlama2, "llava_llama_2"}, {Template::kPlain, "plain"},
+                {Template::kMistralInstruct, "mistral_instruct"}, {Template::kChatml, "chatml"},
+                {Template::kLlama3, "llama3"})
 
 Template parse_template(const std::string& name) { return parse_enum<Template>(name); }
 std::string template_name(Template t) { return enum_name(t); }
@@ -103,9 +149,30 @@ std::string template_system_prompt(Template t) {
   switch (t) {
     case Template::kVicunaV1: return kVicunaSystem;
     case Template::kLlavaLlama2: return kLlavaLlama2System;
-    case Template::kPlain: return "";
+    case Template::kChatml: return kChatmlSystem;
+    case Template::kPlain:
+    case Template::kMistralInstruct:
+    case Template::kLlama3: return "";
   }
   return "";
+}
+
+bool template_adds_bos(Template t) { return t != Template::kChatml && t != Template::kLlama3; }
+
+std::vector<std::string> template_special_tokens(Template t) {
+  switch (t) {
+    case Template::kChatml: return {"<|im_start|>", "<|im_end|>"};
+    case Template::kLlama3: return {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+    default: return {};
+  }
+}
+
+std::vector<int64_t> template_stop_ids(Template t, const Tokenizer& tokenizer) {
+  std::vector<int64_t> ids = {tokenizer.eos_id()};
+  const std::string end_of_turn = t == Template::kChatml ? "<|im_end|>" : t == Template::kLlama3 ? "<|eot_id|>" : "";
+  if (!end_of_turn.empty() && tokenizer.token_to_id(end_of_turn) >= 0) ids.push_back(tokenizer.token_to_id(end_of_turn));
+  ids.erase(std::remove(ids.begin(), ids.end(), int64_t(-1)), ids.end());
+  return ids;
 }
 
 int64_t count_image_tags(const std::vector<Turn>& turns) {
@@ -149,7 +216,15 @@ TokenizedSample tokenize_conversation(const std::vector<Turn>& turns, const Toke
   if (!sample.problem.empty()) return sample;
 
   const int64_t image_id = tokenizer.image_token_id();
-  std::vector<int64_t> ids = {tokenizer.bos_id()}, labels = {kIgnoreIndex};
+  for (const std::string& token : template_special_tokens(t))
+    if (!tokenizer.is_added_token(token))
+      throw TokenizerError(tokenizer.source() + ": template " + template_name(t) + " needs the special token " +
+                           token + ", which the tokenizer does not have as an added token");
+  std::vector<int64_t> ids, labels;
+  if (template_adds_bos(t)) {
+    ids.push_back(tokenizer.bos_id());
+    labels.push_back(kIgnoreIndex);
+  }
   for (const auto& s : segments) {
     std::vector<int64_t> piece;
     switch (s.kind) {

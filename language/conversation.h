@@ -10,8 +10,16 @@
 //   llava_llama_2: "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n<image>\n{q1} [/INST] {a1} </s><s>[INST] {q2} [/INST] {a2} </s>"
 //   plain:         "<image>{caption}\n"   (the human text is dropped, one <image> per tag it had; stage-1
 //                  projector alignment)
-// Supervised (label = id): each answer, its end-of-turn "</s>" (and for llava_llama_2 the " " before it),
-// and for plain the caption with its "\n". Everything else is -100: BOS, system prompt, role tags, user turns,
+//   mistral_instruct: "[INST] <image>\n{q1} [/INST]{a1}</s>[INST] {q2} [/INST]{a2}</s>"
+//   chatml (no BOS): "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<image>\n{q1}<|im_end|>\n
+//                    <|im_start|>assistant\n{a1}<|im_end|>\n..."
+//   llama3 (no BOS of its own): "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{q1}<|eot_id|>
+//                    <|start_header_id|>assistant<|end_header_id|>\n\n{a1}<|eot_id|>..." (contents stripped)
+// The last three follow the models' own chat templates (tokenizer_config.json "chat_template" of
+// Mistral-7B-Instruct-v0.2, Qwen2-Instruct, Meta-Llama-3-Instruct; tests/reference/check_chat_templates.py
+// renders them with transformers and compares the strings).
+// Supervised (label = id): each answer, its end-of-turn "</s>" (and for llava_llama_2 the " " before it;
+// <|im_end|> for chatml, <|eot_id|> for llama3), and for plain the caption with its "\n". Everything else is -100: BOS, system prompt, role tags, user turns,
 // the image block, llava_llama_2's "<s>" that opens a later round.
 //
 // How segments are encoded so that the concatenation equals encoding the whole prompt string: the ids are
@@ -47,13 +55,21 @@ namespace mole {
 
 constexpr int64_t kIgnoreIndex = -100;  // label of an unsupervised position (PyTorch's cross-entropy default)
 
-enum class Template { kVicunaV1, kLlavaLlama2, kPlain };
+enum class Template { kVicunaV1, kLlavaLlama2, kPlain, kMistralInstruct, kChatml, kLlama3 };
 template <>
-const EnumTable<Template>& enum_table<Template>();  // vicuna_v1 | llava_llama_2 | plain
+// vicuna_v1 (also llava_v1, v1) | llava_llama_2 | plain | mistral_instruct | chatml | llama3
+const EnumTable<Template>& enum_table<Template>();
 
 Template parse_template(const std::string& name);  // through the table; an unknown name is a ConfigError
 std::string template_name(Template t);
-std::string template_system_prompt(Template t);  // LLaVA's default system text ("" for plain)
+std::string template_system_prompt(Template t);  // the default system text ("" for plain, mistral_instruct, llama3)
+// Whether the ids start with the tokenizer's BOS; chatml has none, llama3 writes <|begin_of_text|> itself.
+bool template_adds_bos(Template t);
+// The added tokens the template's text uses (chatml: <|im_start|> <|im_end|>; llama3: <|begin_of_text|>
+// <|start_header_id|> <|end_header_id|> <|eot_id|>); tokenize_conversation refuses a tokenizer without them.
+std::vector<std::string> template_special_tokens(Template t);
+// Ids generation stops at: eos, and the template's end of turn (<|im_end|>, <|eot_id|>) when the tokenizer has it.
+std::vector<int64_t> template_stop_ids(Template t, const Tokenizer& tokenizer);
 
 // One turn of a LLaVA record: role "human", "gpt" or "system" (the JSON's "from"), text its "value". A "system"
 // turn may only come first; its text replaces the template's system prompt (vicuna_v1's opening sentence,

@@ -1,5 +1,7 @@
 #include "language/tokenizer.h"
 
+#include <tuple>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -296,6 +298,105 @@ const Tokenizer::AddedToken* Tokenizer::added_by_id(int64_t id) const {
   for (const auto& s : split_tokens_)
     if (s.id == id) return &s;
   return nullptr;
+}
+
+nlohmann::json Tokenizer::hf_tokenizer_json() const {
+  using nlohmann::json;
+  const int64_t n_sp = sp_vocab_size();
+  // vocab: every piece by id; merges: SentencePieceExtractor.extract -> generate_merges(vocab) (no scores): each
+  // piece split at every character boundary into two pieces of the vocabulary is a merge, ranked by the piece's id,
+  // then the lengths of its halves, ascending; ties keep the order of the halves' ids.
+  json vocab = json::object();
+  std::map<std::string, int64_t> id_of;
+  for (int64_t id = 0; id < n_sp; ++id) {
+    vocab[sp_->IdToPiece(int(id))] = id;
+    id_of[sp_->IdToPiece(int(id))] = id;
+  }
+  struct Merge {
+    std::string left, right;
+    int64_t rank;                // the merged piece's id
+    size_t len_left, len_right;  // in characters, as Python's len
+  };
+  auto n_chars = [](const std::string& s) {
+    size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+  };
+  std::vector<Merge> merges;
+  for (int64_t id = 0; id < n_sp; ++id) {
+    const std::string piece = sp_->IdToPiece(int(id));
+    std::vector<Merge> local;
+    for (size_t at = 1; at < piece.size(); ++at) {
+      if ((static_cast<unsigned char>(piece[at]) & 0xC0) == 0x80) continue;  // inside a UTF-8 character
+      const std::string left = piece.substr(0, at), right = piece.substr(at);
+      if (id_of.count(left) && id_of.count(right))
+        local.push_back({left, right, id, n_chars(left), n_chars(right)});
+    }
+    std::stable_sort(local.begin(), local.end(), [&](const Merge& a, const Merge& b) {
+      return std::make_pair(id_of[a.left], id_of[a.right]) < std::make_pair(id_of[b.left], id_of[b.right]);
+    });
+    merges.insert(merges.end(), local.begin(), local.end());
+  }
+  // sorted(..., key=(id, len_l, len_r)): ascending, stable
+  std::stable_sort(merges.begin(), merges.end(), [](const Merge& a, const Merge& b) {
+    return std::make_tuple(a.rank, a.len_left, a.len_right) < std::make_tuple(b.rank, b.len_left, b.len_right);
+  });
+  json merge_list = json::array();
+  for (const Merge& m : merges) merge_list.push_back({m.left, m.right});
+
+  json added = json::array();
+  auto added_entry = [](int64_t id, const std::string& content, bool special) {
+    return json{{"id", id},        {"content", content}, {"single_word", false}, {"lstrip", false},
+                {"rstrip", false}, {"normalized", false}, {"special", special}};
+  };
+  for (int64_t id = 0; id < n_sp; ++id)
+    if (sp_->IsControl(int(id)) || sp_->IsUnknown(int(id))) added.push_back(added_entry(id, sp_->IdToPiece(int(id)), true));
+  std::vector<const AddedToken*> extra;
+  for (const AddedToken& t : split_tokens_)
+    if (t.id >= n_sp) extra.push_back(&t);
+  std::sort(extra.begin(), extra.end(), [](const AddedToken* a, const AddedToken* b) { return a->id < b->id; });
+  for (const AddedToken* t : extra) added.push_back(added_entry(t->id, t->content, t->special));
+
+  const std::string bos = sp_->IdToPiece(int(bos_id_));
+  json single = json::array({json{{"SpecialToken", {{"id", bos}, {"type_id", 0}}}}, json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}});
+  json pair = single;
+  pair.push_back({{"SpecialToken", {{"id", bos}, {"type_id", 1}}}});
+  pair.push_back({{"Sequence", {{"id", "B"}, {"type_id", 1}}}});
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", added},
+          {"normalizer", nullptr},
+          {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "always"}, {"split", false}}},
+          {"post_processor",
+           {{"type", "TemplateProcessing"},
+            {"single", single},
+            {"pair", pair},
+            {"special_tokens", {{bos, {{"id", bos}, {"ids", {bos_id_}}, {"tokens", {bos}}}}}}}},
+          {"decoder",
+           {{"type", "Sequence"},
+            {"decoders",
+             {{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+              {{"type", "ByteFallback"}},
+              {{"type", "Fuse"}},
+              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},  // as LlamaConverter leaves it: byte_fallback covers every byte
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", true},
+            {"byte_fallback", true},
+            {"ignore_merges", false},
+            {"vocab", vocab},
+            {"merges", merge_list}}}};
+}
+
+bool Tokenizer::is_added_token(const std::string& content) const {
+  for (const AddedToken& t : split_tokens_)
+    if (t.content == content) return true;
+  return false;
 }
 
 bool Tokenizer::is_special(int64_t id) const {

@@ -35,6 +35,8 @@
 
 #include <cstdint>
 #include <memory>
+
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -108,6 +110,14 @@ class Tokenizer {
   std::string id_to_piece(int64_t id) const;                   // "▁cat", "<0x0A>", "<image>"
   int64_t token_to_id(const std::string& token) const;         // an added token or a piece; -1 when unknown
   bool is_special(int64_t id) const;  // bos/eos/unk/pad or an added token marked special
+  // The Hugging Face tokenizer.json of this tokenizer, as transformers' LlamaConverter writes it from
+  // tokenizer.model (convert_slow_tokenizer.py: BPE with byte_fallback, merges from SentencePieceExtractor, Metaspace
+  // prepend_scheme "always", BOS by TemplateProcessing) plus the added tokens. transformers 5 loads a llava-hf
+  // folder's tokenizer with the generic TokenizersBackend, which without this file converts tokenizer.model in a
+  // way that differs from LlamaTokenizer (no dummy prefix); mole export writes it. Needs a BPE model.
+  nlohmann::json hf_tokenizer_json() const;
+  // `content` is a string encode() splits out as one id (an added token, or <s> </s> <unk>).
+  bool is_added_token(const std::string& content) const;
   const std::string& source() const { return source_; }  // the tokenizer.model this was loaded from
 
  private:

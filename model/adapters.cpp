@@ -220,7 +220,7 @@ std::string regex_escape(const std::string& s) {
 
 }  // namespace
 
-void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig& config) {
+void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig& config, bool with_projector) {
   TORCH_CHECK(config.kind == AdapterKind::kLora, "save_peft_adapter: PEFT's LoRA layout holds plain LoRA only, not '",
               enum_name(config.kind), "'");
   std::filesystem::create_directories(dir);
@@ -248,6 +248,13 @@ void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig
             {"fan_in_fan_out", false},
             {"base_model_name_or_path", config.base_model},
             {"inference_mode", true}};
+  if (with_projector) {
+    // peft's get_peft_model_state_dict drops "modules_to_save.default." from these keys: the module path it is
+    for (auto& item : model->multi_modal_projector->named_parameters())
+      tensors.emplace_back("base_model.model." + peft_module_path("multi_modal_projector." + item.key()),
+                           item.value().detach());
+    j["modules_to_save"] = {"multi_modal_projector"};
+  }
   save_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
   write_json_file(dir + "/adapter_config.json", j);
 }
@@ -265,8 +272,13 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
   for (const char* key : {"rank_pattern", "alpha_pattern"})
     if (j.contains(key) && j[key].is_object() && !j[key].empty())
       throw ConfigError(config_path + std::string(": per-module ") + key + " is not supported");
-  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
-    throw ConfigError(config_path + ": modules_to_save is not supported");
+  bool projector_saved = false;
+  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty()) {
+    if (j["modules_to_save"] != json::array({"multi_modal_projector"}))
+      throw ConfigError(config_path + ": modules_to_save " + j["modules_to_save"].dump() +
+                        " is not supported (only [\"multi_modal_projector\"])");
+    projector_saved = true;
+  }
 
   AdapterConfig config;
   config.kind = AdapterKind::kLora;
@@ -282,7 +294,18 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
   std::map<std::string, std::string> source_of;  // our parameter name -> file key
   std::set<std::string> modules;
   std::vector<std::string> unknown;
+  std::map<std::string, std::string> projector_source;  // projector parameter -> file key
+  if (projector_saved)
+    for (auto& item : model->multi_modal_projector->named_parameters())
+      projector_source["multi_modal_projector." + item.key()] = "";
   for (const auto& key : store.names()) {
+    // modules_to_save: the projector under its module path, any transformers version's prefix
+    static const std::regex projector_re(R"(^(?:base_model\.model\.)?(?:model\.)?(multi_modal_projector\..+)$)");
+    std::smatch pm;
+    if (projector_saved && std::regex_match(key, pm, projector_re) && projector_source.count(pm[1].str())) {
+      projector_source[pm[1].str()] = key;
+      continue;
+    }
     std::smatch m;
     std::string module;
     if (std::regex_match(key, m, key_re)) module = module_from_peft_path(m[1].str());
@@ -306,6 +329,13 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
   for (auto& [name, t] : adapter_parameters(model)) {
     auto it = source_of.find(name);
     table.push_back({name, {it == source_of.end() ? name : it->second}, t.sizes().vec(), t});
+  }
+  for (auto& item : model->multi_modal_projector->named_parameters()) {
+    const std::string name = "multi_modal_projector." + item.key();
+    auto it = projector_source.find(name);
+    if (it == projector_source.end()) continue;
+    table.push_back({name, {it->second.empty() ? "base_model.model.model." + name : it->second}, item.value().sizes().vec(),
+                     item.value()});
   }
   match_checkpoint(table, store, dir, false, "PEFT adapter does not fit this base");
   torch::NoGradGuard no_grad;

@@ -96,7 +96,11 @@ void save_adapter(const std::string& dir, Llava& model, const AdapterConfig& con
 AdapterConfig load_adapter(const std::string& dir, Llava& model);
 
 // PEFT layout for plain LoRA: tensor names use transformers' module paths (model.language_model.layers...).
-void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig& config);
+// with_projector: the projector's weights go in too, as PEFT's modules_to_save ["multi_modal_projector"] (saved
+// under their module path, base_model.model.model.multi_modal_projector.linear_1.weight), so that loading the
+// adapter the PEFT way puts the finetuned projector on the base as well.
+void save_peft_adapter(const std::string& dir, Llava& model, const AdapterConfig& config, bool with_projector = false);
+// Reads such a folder onto `model`, the projector of modules_to_save ["multi_modal_projector"] included.
 AdapterConfig load_peft_adapter(const std::string& dir, Llava& model);
 
 }  // namespace mole

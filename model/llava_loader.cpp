@@ -94,7 +94,8 @@ std::vector<WeightEntry> llava_weight_table(Llava& model) {
 
 std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntry>& table, const TensorStore& store,
                                                     const std::string& dir, bool tied_embeddings,
-                                                    const std::string& what) {
+                                                    const std::string& what,
+                                                    const std::function<bool(const std::string&)>& also_unused) {
   std::map<std::string, std::string> matched;
   std::set<std::string> used;
   std::vector<std::string> missing, mismatched, unexpected;
@@ -106,9 +107,14 @@ std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntr
         break;
       }
     if (!found) {
-      std::string also;
-      for (size_t i = 1; i < entry.sources.size(); ++i) also += (i > 1 ? ", " : "") + entry.sources[i];
-      missing.push_back(entry.name + (also.empty() ? "" : " (also looked for " + also + ")"));
+      // our name, then the checkpoint names it was looked for under (a part's folder never uses ours)
+      std::string looked;
+      bool ours = false;
+      for (const auto& source : entry.sources) {
+        if (source == entry.name) ours = true;
+        else looked += (looked.empty() ? "" : ", ") + source;
+      }
+      missing.push_back(entry.name + (looked.empty() ? "" : (ours ? " (also looked for " : " (looked for ") + looked + ")"));
       continue;
     }
     used.insert(*found);
@@ -121,7 +127,7 @@ std::map<std::string, std::string> match_checkpoint(const std::vector<WeightEntr
     matched[entry.name] = *found;
   }
   for (const auto& key : store.names()) {
-    if (used.count(key) || ignorable_key(key)) continue;
+    if (used.count(key) || ignorable_key(key) || (also_unused && also_unused(key))) continue;
     // A tied model may still carry a copy of the embedding as lm_head; transformers ignores it too.
     if (tied_embeddings && (key == "lm_head.weight" || key == "language_model.lm_head.weight")) continue;
     unexpected.push_back(key);
@@ -160,7 +166,9 @@ LoadedLlava load_llava(const std::string& dir, torch::ScalarType dtype, torch::D
 void save_llava(const std::string& dir, Llava& model) {
   std::filesystem::create_directories(dir);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& entry : llava_weight_table(model)) tensors.emplace_back(entry.name, entry.target.detach());
+  for (const auto& entry : llava_weight_table(model))
+    if (entry.name.find(".adapter.") == std::string::npos)  // adapters are saved apart (model/adapters.h)
+      tensors.emplace_back(entry.name, entry.target.detach());
   json config = model->config.to_json();
   config["dtype"] = dtype_name(tensors.front().second.scalar_type());
   save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,9 +32,11 @@ std::vector<WeightEntry> llava_weight_table(Llava& model);
 
 // Our name -> checkpoint name for every entry, after checking that every parameter is present with the shape
 // config.json implies and that nothing unexpected is left over. Throws FormatError listing every problem.
+// `also_unused`: checkpoint keys that hold nothing of ours and are not an error (a CLIPModel's text tower).
 std::map<std::string, std::string> match_checkpoint(
     const std::vector<WeightEntry>& table, const TensorStore& store, const std::string& dir, bool tied_embeddings,
-    const std::string& what = "checkpoint does not match its config.json");
+    const std::string& what = "checkpoint does not match its config.json",
+    const std::function<bool(const std::string&)>& also_unused = nullptr);
 
 // "older (...)" / "newer (...)", plus whether the vision tower keys are nested (vision_model.) or flat.
 std::string checkpoint_layout(const TensorStore& store);

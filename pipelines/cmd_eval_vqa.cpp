@@ -49,6 +49,9 @@ int cmd_eval_vqa(int argc, char** argv) {
   Args args("eval-vqa",
             "Answer a VQA question file with greedy decoding and score it with the official VQAv2 metric.");
   args.option("model", "a mole run, checkpoint or final folder, or a llava-hf folder", "", true)
+      .option("adapter", "an adapter folder (mole's, or a PEFT LoRA one) to put on the model first", "")
+      .option("template", "conversation template instead of the model's (e.g. the one an --adapter was trained "
+                          "with: vicuna_v1, llava_llama_2, plain, mistral_instruct, chatml, llama3)", "")
       .option("questions", "LLaVA question .jsonl, or VQAv2 questions .json", "", true)
       .option("images", "folder the questions' images are in", "")
       .option("out", "output folder (answers.jsonl, results.json, scores.json)", "", true)
@@ -65,6 +68,8 @@ int cmd_eval_vqa(int argc, char** argv) {
 
   const auto start = std::chrono::steady_clock::now();
   TrainedModel model = load_trained(args.get("model"), torch::Device(args.get("device")));
+  if (args.has("adapter")) put_adapter(model, args.get("adapter"));
+  if (args.has("template")) model.conversation_template = parse_template(args.get("template"));
   std::vector<VqaQuestion> questions = read_questions(args.get("questions"), args.get("image-pattern"));
   const int64_t limit = args.get_int("limit");
   if (limit > 0 && int64_t(questions.size()) > limit) questions.resize(size_t(limit));

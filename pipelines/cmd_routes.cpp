@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "eval/routes.h"
+#include "eval/answer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
 
@@ -14,6 +15,9 @@ namespace mole {
 int cmd_routes(int argc, char** argv) {
   Args args("routes", "Draw the routing of a MoLE model per layer, expert and modality (PNG + JSON + HTML).");
   args.option("model", "a mole run, checkpoint or final folder with MoLE adapters", "", true)
+      .option("adapter", "an adapter folder (mole's, or a PEFT LoRA one) to put on the model first", "")
+      .option("template", "conversation template instead of the model's (e.g. the one an --adapter was trained "
+                          "with: vicuna_v1, llava_llama_2, plain, mistral_instruct, chatml, llama3)", "")
       .option("data", "LLaVA question .jsonl or LLaVA conversation file", "", true)
       .option("images", "folder the images are in", "")
       .option("out", "output folder", "", true)
@@ -25,6 +29,8 @@ int cmd_routes(int argc, char** argv) {
       .flag("generate", "also route the generated answers (phase generate) and show both phases");
   if (!args.parse(argc, argv)) return 0;
   TrainedModel model = load_trained(args.get("model"), torch::Device(args.get("device")));
+  if (args.has("adapter")) put_adapter(model, args.get("adapter"));
+  if (args.has("template")) model.conversation_template = parse_template(args.get("template"));
   RouteOptions options;
   options.max_samples = args.get_int("samples");
   options.n_patch_images = args.get_int("patch-images");

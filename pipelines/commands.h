@@ -14,6 +14,7 @@ int cmd_check_data(int argc, char** argv);  // mole check-data --data FILE --ima
 int cmd_train(int argc, char** argv);  // mole train --config run.json [--set k=v] [--resume]
 int cmd_score_vqa(int argc, char** argv);  // mole score-vqa --results R --annotations A
 int cmd_demo(int argc, char** argv);  // mole demo [--out DIR] [--quick]
+int cmd_export(int argc, char** argv);  // mole export --model RUN --out DIR [--merge]
 int cmd_generate(int argc, char** argv);  // mole generate --model M --image IMG --prompt "..."
 int cmd_routes(int argc, char** argv);  // mole routes --model M --data FILE --images DIR --out DIR
 int cmd_eval_vqa(int argc, char** argv);  // mole eval-vqa --model M --questions Q --images DIR --out DIR

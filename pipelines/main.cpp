@@ -26,6 +26,7 @@ struct Command {
 
 const Command kCommands[] = {
     {"demo", mole::cmd_demo, "the whole pipeline on self-made data: pretrain, align, LoRA vs MoLE, eval, routes"},
+    {"export", mole::cmd_export, "export a trained model for transformers / PEFT (llava-hf, PEFT adapter)"},
     {"generate", mole::cmd_generate, "answer a question about an image (or read questions from stdin)"},
     {"info", mole::cmd_info, "describe a llava-hf checkpoint folder and this build"},
     {"forward", mole::cmd_forward, "run a checkpoint on input tensors and write logits (parity checks)"},

@@ -1,5 +1,8 @@
 #include "pipelines/train_config.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/json_config.h"
 #include "language/conversation.h"
 
@@ -16,13 +19,34 @@ MOLE_ENUM_NAMES(ProgressMode, "progress mode", {ProgressMode::kAuto, "auto"}, {P
 void TrainConfig::validate(const FieldPath& at) const {
   if (out_dir.empty()) at.fail("out", "is required (the run folder)");
   const FieldPath m = at.child("model"), d = at.child("data"), o = at.child("optim"), r = at.child("run");
-  if (stage == Stage::kPretrain && model.base.empty() && !model.init.is_object())
-    m.fail("init", "pretrain needs model.init (a llava config.json object) or model.base");
-  if (stage != Stage::kPretrain && model.base.empty())
-    m.fail("base", enum_name(stage) + " needs model.base");
+  // A model starts from one of: model.base, model.init, or parts (model.language_model + model.vision_tower).
+  const bool parts = !model.language_model.empty();
+  if (parts && !model.base.empty())
+    m.fail("language_model", "and model.base are both given: a model starts from one of them (model.base: a "
+                             "llava-hf or original LLaVA folder; model.language_model + model.vision_tower: parts)");
+  if (parts && model.init.is_object())
+    m.fail("language_model", "and model.init are both given: a model starts from one of them");
+  if (parts && model.vision_tower.empty())
+    m.fail("vision_tower", "is needed with model.language_model (a CLIP folder: CLIPVisionModel or CLIPModel)");
+  if (!parts && !model.vision_tower.empty() && model.base.empty())
+    m.fail("vision_tower", "needs model.language_model (a LLaVA built from parts) or an original LLaVA model.base");
+  if (!model.projector_config.is_null() && !model.projector_config.is_object())
+    m.fail("projector_config", "must be an object of llava config.json keys (mm_projector_type, ...)");
+  if (!parts && !model.projector_config.is_null())
+    m.fail("projector_config", "only shapes the new projector of a model built from parts (model.language_model); "
+                               "a model.base brings its own projector");
+  // Nothing would hold a frozen random projector: model.json redraws it when the model is loaded back.
+  if (parts && stage == Stage::kFinetune && !model.train_projector && model.projector.empty())
+    m.fail("train_projector", "false keeps the new projector of a model built from parts at its random "
+                              "initialisation: train it (align first) or give model.projector");
+  if (stage == Stage::kPretrain && model.base.empty() && !model.init.is_object() && !parts)
+    m.fail("init", "pretrain needs model.init (a llava config.json object), model.base or model.language_model");
+  if (stage != Stage::kPretrain && model.base.empty() && !parts)
+    m.fail("base", enum_name(stage) + " needs model.base, or model.language_model + model.vision_tower");
   if (stage == Stage::kFinetune && !model.adapter)
     m.fail("adapter", "finetune needs model.adapter (e.g. {\"kind\": \"lora\"} or {\"kind\": \"mole\"})");
-  if (model.tokenizer.empty() && model.base.empty()) m.fail("tokenizer", "is needed without a base");
+  if (model.tokenizer.empty() && model.base.empty() && !parts)
+    m.fail("tokenizer", "is needed without a base or a language model");
   if (model.dtype != "float32" && model.dtype != "bfloat16")
     m.fail("dtype", "must be float32 or bfloat16, not '" + model.dtype + "'");
   const bool autocast =
@@ -30,6 +54,16 @@ void TrainConfig::validate(const FieldPath& at) const {
   if (model.dtype == "bfloat16" && !autocast)
     m.fail("dtype", "bfloat16 needs bfloat16 autocast: set optim.bf16 to true");
   if (data.train.empty() && data.text_corpus.empty()) d.fail("train", "is required");
+  if (!data.weights.empty() && data.weights.size() != data.train.size())
+    d.fail("weights", "has " + std::to_string(data.weights.size()) + " entries for " +
+                          std::to_string(data.train.size()) + " train files (one weight per file, in order)");
+  for (size_t i = 0; i < data.weights.size(); ++i)
+    if (!(data.weights[i] >= 0.0) || !std::isfinite(data.weights[i]))
+      d.fail("weights[" + std::to_string(i) + "]", "must be a finite number >= 0");
+  if (!data.weights.empty() && std::all_of(data.weights.begin(), data.weights.end(), [](double w) { return w == 0.0; }))
+    d.fail("weights", "are all 0: nothing to train on");
+  if (run.eval_every < 0) r.fail("eval_every", "must be >= 0");
+  if (run.eval_every > 0 && data.eval.empty()) r.fail("eval_every", "needs data.eval (the held-out file)");
   if (data.max_len < 1) d.fail("max_len", "must be >= 1");
   if (data.batch_size < 1) d.fail("batch_size", "must be >= 1");
   if (data.workers < 0) d.fail("workers", "must be >= 0");

@@ -33,10 +33,13 @@ template <>
 const EnumTable<ProgressMode>& enum_table<ProgressMode>();
 
 struct ModelSection {
-  std::string base;                      // llava-hf folder or a mole run / checkpoint (align, finetune)
+  std::string base;                      // llava-hf or original LLaVA folder, or a mole run / checkpoint
   nlohmann::json init;                   // pretrain from scratch: a llava config.json object
+  std::string vision_tower;              // from parts: a CLIP folder (also the tower of an original LLaVA base)
+  std::string language_model;            // from parts: a LlamaForCausalLM / MistralForCausalLM folder
+  nlohmann::json projector_config;       // from parts: the new projector's llava config keys
   std::string projector;                 // projector weights put on the base (an align run's output)
-  std::string tokenizer;                 // default: the base's
+  std::string tokenizer;                 // default: the base's, or the language model's
   bool train_projector = true;
   std::optional<AdapterConfig> adapter;  // finetune
   nlohmann::json image_processor;        // preprocessor_config.json values
@@ -44,11 +47,21 @@ struct ModelSection {
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("base", self.base, "llava-hf folder, or a mole run or checkpoint, to start from (align, finetune)");
+    v("base", self.base, "llava-hf folder, or a mole run or checkpoint, to start from (align, finetune); or an "
+                         "original LLaVA folder (liuhaotian/llava-v1.5-*) with model.vision_tower");
     v("init", self.init, "pretrain from scratch: a llava config.json object (vocab_size, image_token_index and "
                          "pad_token_id come from the tokenizer)");
+    v("vision_tower", self.vision_tower, "a CLIP folder (CLIPVisionModel or CLIPModel): with model.language_model "
+                                         "the LLaVA is built from parts; with an original LLaVA model.base, the "
+                                         "tower its mm_vision_tower names");
+    v("language_model", self.language_model, "a LlamaForCausalLM / MistralForCausalLM folder: the LLaVA is built "
+                                             "from it, model.vision_tower and a new projector (instead of base)");
+    v("projector_config", self.projector_config,
+      "from parts: the new projector, by llava config.json keys: mm_projector_type (mlp2x_gelu | linear), "
+      "multimodal_projector_bias, projector_hidden_act, vision_feature_layer, vision_feature_select_strategy, "
+      "image_token_index (default: the tokenizer's <image>)");
     v("projector", self.projector, "projector weights to put on the base (an align run's projector.safetensors)");
-    v("tokenizer", self.tokenizer, "tokenizer folder (default: the base's)");
+    v("tokenizer", self.tokenizer, "tokenizer folder (default: the base's, or the language model's)");
     v("train_projector", self.train_projector, "finetune: train the projector too (LLaVA stage 2 does)");
     v("adapter", self.adapter, "finetune: the adapter config (adapter_config.json's fields)");
     v("image_processor", self.image_processor, "preprocessor_config.json values (default: the base's)");
@@ -59,6 +72,8 @@ struct ModelSection {
 
 struct DataSection {
   std::vector<std::string> train;        // LLaVA JSON / JSON Lines files, in order
+  std::vector<double> weights;           // sampling weight of each train file (empty: 1 each)
+  std::string eval;                      // a held-out LLaVA file: its loss every run.eval_every steps
   std::string text_corpus;               // pretrain: one text-only sample per non-empty line
   std::string images;                    // folder the records' image paths are relative to
   Template conversation_template = Template::kVicunaV1;  // from_json: vicuna_v1 for finetune, else plain
@@ -72,6 +87,10 @@ struct DataSection {
   template <class Self, class V>
   static void fields(Self& self, V& v) {
     v("train", self.train, "LLaVA JSON or JSON Lines training files (a string or a list)");
+    v("weights", self.weights, "sampling weight of each train file, in order: an epoch holds round(w x records) of "
+                               "a file (2: each record twice, 0.5: a fresh half each epoch; default 1 each)");
+    v("eval", self.eval, "a held-out LLaVA file whose loss is measured every run.eval_every steps (metrics.jsonl "
+                         "\"eval_loss\" lines)");
     v("text_corpus", self.text_corpus, "pretrain: a text file, one text-only sample per non-empty line");
     v("images", self.images, "folder the records' image paths are relative to");
     v("template", self.conversation_template, "conversation template (default: vicuna_v1 for finetune, plain "
@@ -125,6 +144,7 @@ struct OptimSection {
 struct RunSection {
   uint64_t seed = 0;
   int64_t log_every = 10;
+  int64_t eval_every = 0;
   int64_t save_every = 0;                // 0: only at the end
   int64_t keep_last = 2;
   int64_t max_bad_steps = 5;
@@ -138,6 +158,8 @@ struct RunSection {
   static void fields(Self& self, V& v) {
     v("seed", self.seed, "seed of the initialisation, dropout, routing noise and data order");
     v("log_every", self.log_every, "steps per metrics line");
+    v("eval_every", self.eval_every, "steps between measurements of the data.eval loss (0: with data.eval, only at "
+                                     "the end)");
     v("save_every", self.save_every, "steps between checkpoints (0: only at the end)");
     v("keep_last", self.keep_last, "checkpoints kept");
     v("max_bad_steps", self.max_bad_steps, "non-finite steps in a row before the run stops");

@@ -76,7 +76,10 @@ std::string write_final(const TrainConfig& c, const ModelSpec& spec, const Train
   fs::create_directories(tmp);
   write_model_files(tmp, spec, trainable);
   write_json_file(tmp + "/preprocessor_config.json", built.image_config.to_json());
-  if (c.stage == Stage::kPretrain) {
+  // Built from parts (CLIP + LLaMA folders, or an original LLaVA one), an aligned model has no llava-hf folder
+  // to go back to: final/ becomes one, the trained projector in it.
+  const bool from_parts = !spec.vision_tower.empty();
+  if (c.stage == Stage::kPretrain || (c.stage == Stage::kAlign && from_parts)) {
     // a whole llava-hf folder: transformers and `mole train` (as a base) read it as it is
     save_llava(tmp, model);
     for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
@@ -91,7 +94,9 @@ std::string write_final(const TrainConfig& c, const ModelSpec& spec, const Train
   if (c.stage == Stage::kFinetune) {
     AdapterConfig adapter = AdapterConfig::from_json(spec.adapter, "model.json adapter");
     save_adapter(tmp + "/adapter", model, adapter);
-    if (adapter.kind == AdapterKind::kLora) save_peft_adapter(tmp + "/adapter_peft", model, adapter);
+    // the PEFT form carries the finetuned projector too (modules_to_save), so PEFT answers as mole does
+    if (adapter.kind == AdapterKind::kLora)
+      save_peft_adapter(tmp + "/adapter_peft", model, adapter, c.model.train_projector);
   }
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);

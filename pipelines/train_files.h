@@ -3,8 +3,9 @@
 //   checkpoints/step-N/: model.json + trainable.safetensors (what load_trained reads), optimizer.safetensors,
 //                        rng.safetensors (the CPU generator), trainer_state.json (step, total steps, loader
 //                        position, bad-step streak, skipped records)
-//   final/:              model.json + trainable.safetensors + preprocessor_config.json, and for pretrain a whole
-//                        llava-hf folder, for align and a projector-training finetune projector.safetensors, for
+//   final/:              model.json + trainable.safetensors + preprocessor_config.json, and for pretrain (and
+//                        align from parts) a whole llava-hf folder, for align and a projector-training finetune
+//                        projector.safetensors, for
 //                        finetune adapter/ (mole's format) and for plain LoRA adapter_peft/ (PEFT's)
 #pragma once
 

@@ -2,10 +2,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "core/json_config.h"
 #include "language/tokenizer.h"
 #include "model/adapters.h"
+#include "model/llava_assembly.h"
 #include "model/llava_loader.h"
 
 namespace mole {
@@ -20,26 +22,52 @@ ModelSpec spec_for(const TrainConfig& c) {
   ModelSpec spec;
   spec.stage = enum_name(c.stage);
   spec.base = c.model.base.empty() ? "" : absolute(resolve_model_dir(c.model.base));
+  spec.vision_tower = absolute(c.model.vision_tower);
+  spec.language_model = absolute(c.model.language_model);
+  if (!spec.language_model.empty())
+    spec.projector_config = c.model.projector_config.is_object() ? c.model.projector_config : json::object();
   spec.projector = absolute(c.model.projector);
-  spec.tokenizer = absolute(c.model.tokenizer.empty() ? spec.base : c.model.tokenizer);
+  spec.tokenizer = absolute(!c.model.tokenizer.empty() ? c.model.tokenizer
+                            : spec.base.empty()        ? spec.language_model
+                                                       : spec.base);
   spec.conversation_template = enum_name(c.data.conversation_template);
   spec.image_processor = c.model.image_processor;
-  if (spec.base.empty()) {
+  if (!spec.base.empty()) {
+    // An original LLaVA folder holds the language model and the projector; LLaVA loads the vision tower by the
+    // name in mm_vision_tower, which mole cannot download: the user gives that CLIP folder.
+    const bool original = is_original_llava(spec.base);
+    if (original && spec.vision_tower.empty())
+      throw ConfigError("model.vision_tower: model.base " + spec.base + " is an original LLaVA folder (mm_vision_tower '" +
+                        read_json_file(spec.base + "/config.json").value("mm_vision_tower", std::string()) +
+                        "') whose vision tower is not inside: give that CLIP folder as model.vision_tower");
+    if (!original && !spec.vision_tower.empty())
+      throw ConfigError("model.vision_tower: model.base " + spec.base + " is a llava-hf folder with a vision tower "
+                        "of its own; model.vision_tower goes with model.language_model or an original LLaVA base");
+  }
+  const bool from_parts = !spec.vision_tower.empty();
+  // The tokenizer's <image> is the placeholder the data carries; from parts it must be in the vocabulary.
+  std::optional<Tokenizer> tok;
+  if (from_parts || spec.base.empty()) tok = Tokenizer::load(spec.tokenizer);
+  if (from_parts && tok->image_token_id() < 0)
+    throw ConfigError(spec.tokenizer + ": the tokenizer has no <image> token: a LLaVA built from parts needs one, "
+                      "inside the language model's vocabulary (transformers' convert_llava_weights_to_hf.py adds "
+                      "it and resizes the embeddings); give such a tokenizer as model.tokenizer");
+  if (spec.base.empty() && !from_parts) {
     // The tokenizer decides the vocabulary and the special ids of a model trained from scratch.
-    Tokenizer tok = Tokenizer::load(spec.tokenizer);
-    if (tok.image_token_id() < 0) throw ConfigError(spec.tokenizer + ": the tokenizer has no <image> token");
+    if (tok->image_token_id() < 0) throw ConfigError(spec.tokenizer + ": the tokenizer has no <image> token");
     spec.init = c.model.init;
-    spec.init["text_config"]["vocab_size"] = tok.vocab_size();
-    spec.init["image_token_index"] = tok.image_token_id();
-    spec.init["pad_token_id"] = tok.pad_id();
-    spec.init["text_config"]["pad_token_id"] = tok.pad_id();
-    spec.init["text_config"]["bos_token_id"] = tok.bos_id();
-    spec.init["text_config"]["eos_token_id"] = tok.eos_id();
+    spec.init["text_config"]["vocab_size"] = tok->vocab_size();
+    spec.init["image_token_index"] = tok->image_token_id();
+    spec.init["pad_token_id"] = tok->pad_id();
+    spec.init["text_config"]["pad_token_id"] = tok->pad_id();
+    spec.init["text_config"]["bos_token_id"] = tok->bos_id();
+    spec.init["text_config"]["eos_token_id"] = tok->eos_id();
   }
   if (c.stage == Stage::kFinetune) {
     AdapterConfig adapter = *c.model.adapter;
-    adapter.base_model = spec.base;
-    adapter.base_config_hash = base_config_hash(read_llava_config(spec.base));
+    adapter.base_model = spec.base.empty() ? spec.language_model : spec.base;
+    adapter.base_config_hash = base_config_hash(from_parts ? parts_llava_config(parts_of(spec, *tok), "model")
+                                                           : read_llava_config(spec.base));
     spec.adapter = adapter.to_json();
   }
   return spec;
@@ -107,6 +135,7 @@ LoaderOptions loader_options(const TrainConfig& c, const Llava& model) {
   lo.n_image_tokens = model->config.n_image_features();
   lo.image_dir = c.data.images;
   lo.strict = c.data.strict;
+  for (size_t i = 0; i < c.data.weights.size(); ++i) lo.file_weights[c.data.train[i]] = c.data.weights[i];
   return lo;
 }
 

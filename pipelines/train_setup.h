@@ -19,8 +19,9 @@ namespace mole {
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // The spec of the model the run starts from: paths made absolute; for a model trained from scratch the
-// tokenizer's vocabulary and special ids put into the init config; for finetune the adapter config with the
-// base's name and config hash.
+// tokenizer's vocabulary and special ids put into the init config; for one built from parts the tokenizer's
+// <image> required and model.vision_tower checked against the base (an original LLaVA base needs it, a llava-hf
+// one refuses it); for finetune the adapter config with the base's name and config hash.
 ModelSpec spec_for(const TrainConfig& config);
 
 // What the stage trains, by full name, with requires_grad set on them and cleared elsewhere:

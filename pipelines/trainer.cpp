@@ -166,10 +166,55 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
   return s;
 }
 
+EvalLoss evaluate_loss(Llava& model, std::shared_ptr<const LlavaDataset> data, std::shared_ptr<const Tokenizer> tokenizer,
+                       std::shared_ptr<const ImageProcessor> images, LoaderOptions options, const torch::Device& device,
+                       ProcessGroup* group) {
+  options.shuffle = false;
+  options.n_epochs = 1;
+  options.file_weights.clear();
+  options.sample_hook = nullptr;
+  options.n_workers = std::min<int64_t>(options.n_workers, 1);
+  options.drop_last = false;
+  DataLoader loader(std::move(data), std::move(tokenizer), std::move(images), options);
+  torch::NoGradGuard no_grad;
+  RoutingSinkScope no_routing(RoutingSinks{});  // held-out batches count in no routing statistic or balance loss
+  const bool was_training = model->is_training();
+  model->eval();
+  double loss_sum = 0;  // loss x targets, summed over batches
+  int64_t targets = 0;
+  while (std::optional<Batch> batch = loader.next()) {
+    const bool packed = !batch->packed_rows.empty();
+    at::autocast::clear_cache();
+    torch::Tensor hidden = model->hidden(batch->input_ids.to(device), batch->attention_mask.to(device),
+                                         batch->pixel_values.defined() ? batch->pixel_values.to(device) : torch::Tensor(),
+                                         packed ? batch->position_ids.to(device) : torch::Tensor(),
+                                         packed ? &batch->packed_rows : nullptr);
+    const torch::Tensor labels = batch->labels.to(device);
+    // next_token_loss is the mean over the batch's targets (labels after the first position that are not -100)
+    const int64_t n = (labels.narrow(1, 1, labels.size(1) - 1) != kIgnoreIndex).sum().item<int64_t>();
+    if (n == 0) continue;
+    loss_sum += model->language_model->next_token_loss(hidden, labels).item<double>() * double(n);
+    targets += n;
+  }
+  if (was_training) model->train();
+  if (group && group->size() > 1) {
+    torch::Tensor sums = torch::tensor({loss_sum, double(targets)}, torch::kFloat64);
+    group->all_reduce_sum(sums);
+    loss_sum = sums[0].item<double>();
+    targets = int64_t(sums[1].item<double>());
+  }
+  EvalLoss out;
+  out.targets = targets;
+  out.loss = targets > 0 ? loss_sum / double(targets) : std::nan("");
+  out.skipped = loader.skip_report().total();
+  return out;
+}
+
 const std::vector<std::string>& resumable_config_changes() {
   static const std::vector<std::string> keys = {
       "out",          "run.log_every", "run.save_every", "run.keep_last", "run.stop_after", "run.threads",
-      "run.device",   "run.progress",  "run.profile_step", "run.max_bad_steps", "data.workers", "data.strict"};
+      "run.device",   "run.progress",  "run.profile_step", "run.max_bad_steps", "data.workers", "data.strict",
+      "data.eval",    "run.eval_every"};
   return keys;
 }
 
@@ -344,8 +389,12 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   loading.rank = group.rank();
   loading.world_size = group.size();
   loading.sample_hook = hooks.sample_hook;
-  DataLoader loader(read_training_data(c), built.tokenizer, std::make_shared<const ImageProcessor>(built.image_config),
-                    loading, loader_start);
+  const auto image_processor = std::make_shared<const ImageProcessor>(built.image_config);
+  DataLoader loader(read_training_data(c), built.tokenizer, image_processor, loading, loader_start);
+  // data.eval: the held-out file, read once (its bad records are counted in its own report)
+  std::shared_ptr<const LlavaDataset> eval_data;
+  if (!c.data.eval.empty()) eval_data = std::make_shared<const LlavaDataset>(read_llava_dataset(c.data.eval, c.data.strict));
+  LoaderOptions eval_options = loading;
   // an optimizer step takes grad_accum batches on each rank
   const double batches_per_step = double(c.optim.grad_accum) * double(group.size());
   state.total_steps = c.optim.steps > 0 ? c.optim.steps
@@ -452,6 +501,19 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
       const RoutingTable table = pooled_routing(group, routing.table());
       if (window) window->write_window(at, &table);
       routing.reset();
+    }
+    const bool eval_now = eval_data && ((c.run.eval_every > 0 && state.step % c.run.eval_every == 0) ||
+                                        state.step == state.total_steps);
+    if (eval_now) {
+      const EvalLoss e = evaluate_loss(model, eval_data, built.tokenizer, image_processor, eval_options, device, dp);
+      if (window) {
+        window->write_event({{"step", state.step}, {"eval_loss", e.loss}, {"eval_targets", e.targets},
+                             {"eval_skipped_records", e.skipped}});
+        std::fprintf(stderr, "%sstep %lld: eval loss %.4f (%lld targets in %s)\n",
+                     c.run.progress == ProgressMode::kBar || c.run.progress == ProgressMode::kAuto ? "\n" : "",
+                     (long long)state.step, e.loss, (long long)e.targets, c.data.eval.c_str());
+      }
+      result.eval_loss = e.loss;
     }
     if (hooks.after_step) hooks.after_step(state.step, model);
     if (c.run.save_every > 0 && state.step % c.run.save_every == 0 && state.step < state.total_steps)

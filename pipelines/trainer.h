@@ -14,7 +14,9 @@
 // HF Trainer for the step / accumulation / schedule semantics.
 #pragma once
 
+#include <cmath>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -34,6 +36,7 @@ struct TrainResult {
   double last_loss = 0.0;     // loss of the last optimizer step
   double mean_loss = 0.0;     // mean loss of the last run.log_every steps (the last window), what the summary shows
   bool already_finished = false;  // resume of a finished run: nothing was done
+  double eval_loss = std::nan("");  // the last data.eval loss measured (NaN: none)
   std::string final_dir;      // RUN/final, or the checkpoint written on interruption
   bool interrupted = false;   // Ctrl-C: a checkpoint was written and the run stopped early
   bool stopped = false;       // run.stop_after (or Ctrl-C): stopped before the last step, with a checkpoint
@@ -84,6 +87,17 @@ TrainResult run_training(const TrainConfig& config, bool resume, const TrainHook
 // `group` when there is one (dist/data_parallel.h), and their norm measured. The stats are this rank's.
 StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
                      const torch::Device& device, LayerLosses& losses, ProcessGroup* group = nullptr);
+
+// The mean next-token loss over a whole held-out set (data.eval): the model in eval mode, no gradients, no routing
+// statistics; under data parallelism each rank takes its shard and the sums are pooled.
+struct EvalLoss {
+  double loss = 0.0;     // over every target token (NaN when there is none)
+  int64_t targets = 0;   // supervised tokens scored
+  int64_t skipped = 0;   // records of the set left out (this rank)
+};
+EvalLoss evaluate_loss(Llava& model, std::shared_ptr<const LlavaDataset> data, std::shared_ptr<const Tokenizer> tokenizer,
+                       std::shared_ptr<const ImageProcessor> images, LoaderOptions options, const torch::Device& device,
+                       ProcessGroup* group = nullptr);
 
 struct TrainingError : std::runtime_error {
   using std::runtime_error::runtime_error;

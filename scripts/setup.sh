@@ -27,8 +27,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 # ---- Debian packages -------------------------------------------------------------------------------------
 # libgloo-dev: the gloo headers that torch's c10d headers include (the wheel exports ProcessGroupGloo, ships no gloo/).
+# libpcre2-dev, libutf8proc-dev: tokenizer.json's pre-tokenizer regexes and NFC normalizer (language/bpe_tokenizer.cpp).
 debs=(build-essential pkg-config libopencv-dev libsentencepiece-dev nlohmann-json3-dev catch2 ninja-build ccache
-      libgloo-dev)
+      libgloo-dev libpcre2-dev libutf8proc-dev)
 # cmake and venv may come from elsewhere (pip, pyenv): ask apt for them only when absent.
 command -v cmake >/dev/null || debs+=(cmake)
 python3 -c 'import venv, ensurepip' 2>/dev/null || debs+=(python3-venv)
@@ -62,11 +63,12 @@ else
   fi
 fi
 # Reference tests compare mole against transformers and peft themselves.
-# (sentencepiece and protobuf: transformers 5 converts a tokenizer.model with them.)
-if ! "$py" -c 'import transformers, safetensors, numpy, peft, PIL, sentencepiece, google.protobuf' 2>/dev/null; then
-  step "installing transformers, peft, safetensors, numpy, pillow, sentencepiece, protobuf into .venv"
+# (sentencepiece and protobuf: transformers 5 converts a tokenizer.model with them; tokenizers, which transformers
+# brings, is the oracle for tokenizer.json ids, pinned because its pre-tokenizer behaviour is what is compared.)
+if ! "$py" -c 'import transformers, safetensors, numpy, peft, PIL, sentencepiece, google.protobuf, tokenizers' 2>/dev/null; then
+  step "installing transformers, peft, safetensors, numpy, pillow, sentencepiece, protobuf, tokenizers into .venv"
   "$py" -m pip install -q transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 numpy==2.4.6 pillow==13.0.0 \
-    sentencepiece==0.2.3 protobuf==7.36.2
+    sentencepiece==0.2.3 protobuf==7.36.2 tokenizers==0.23.3
 fi
 
 # ---- Configure and build -----------------------------------------------------------------------------------

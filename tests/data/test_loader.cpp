@@ -485,3 +485,62 @@ TEST_CASE("data-parallel shards: rank r takes batches r, r+W, ... of the one str
   bad.rank = 2, bad.world_size = 2;
   CHECK_THROWS_AS(DataLoader(dataset, f.tokenizer, f.images, bad), ConfigError);
 }
+
+TEST_CASE("file weights: every epoch samples round(w x records) of each file, exactly and deterministically",
+          "[unit][data][loader]") {
+  const std::string dir = mole::test::scratch_dir("loader_weights");
+  auto write_file = [&](const std::string& name, const std::string& prefix, int n) {
+    std::string text = "[";
+    for (int i = 0; i < n; ++i)
+      text += (i ? ",\n" : "") + record(prefix + std::to_string(i), "", "What is " + std::to_string(i) + "?", "A number.");
+    write_bytes(dir + "/" + name, text + "]");
+    return dir + "/" + name;
+  };
+  const std::string a = write_file("a.json", "a", 10), b = write_file("b.json", "b", 6), c = write_file("c.json", "c", 5);
+  auto merged = std::make_shared<LlavaDataset>();
+  for (const std::string& f : {a, b, c})
+    for (LlavaRecord& r : read_llava_dataset(f).records) merged->records.push_back(r);
+  merged->path = "a + b + c";
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.n_workers = 1;
+  o.seed = 9;
+  o.n_image_tokens = 4;
+  o.n_epochs = 3;
+  o.file_weights = {{a, 2.0}, {b, 0.5}};  // c: 1 (not named)
+  auto tok = std::make_shared<const Tokenizer>(mole::test::tiny_tokenizer());
+  auto images = std::make_shared<const ImageProcessor>(small_images());
+  DataLoader loader(merged, tok, images, o);
+  CHECK(loader.batches_per_epoch() == 7);  // 20 + 3 + 5 = 28 samples
+  const std::vector<Batch> batches = drain(loader);
+  std::vector<std::set<std::string>> b_drawn(3);
+  for (int64_t epoch = 0; epoch < 3; ++epoch) {
+    std::map<std::string, int> seen;
+    for (const Batch& batch : batches)
+      if (batch.epoch == epoch)
+        for (const std::string& id : batch.ids) ++seen[id];
+    int from_a = 0, from_b = 0, from_c = 0;
+    for (const auto& [id, n] : seen) {
+      CHECK(n == (id[0] == 'a' ? 2 : 1));  // weight 2: every record of a twice
+      if (id[0] == 'a') from_a += n;
+      if (id[0] == 'b') from_b += n, b_drawn[size_t(epoch)].insert(id);
+      if (id[0] == 'c') from_c += n;
+    }
+    CHECK(from_a == 20);
+    CHECK(from_b == 3);  // weight 0.5 of 6
+    CHECK(from_c == 5);
+  }
+  CHECK((b_drawn[0] != b_drawn[1] || b_drawn[1] != b_drawn[2]));  // the half is drawn afresh each epoch
+  // the same stream again: deterministic
+  DataLoader again(merged, tok, images, o);
+  check_same_batches(batches, drain(again));
+  // without weights nothing changes from the unweighted order
+  LoaderOptions plain = o;
+  plain.file_weights.clear();
+  LoaderOptions ones = o;
+  ones.file_weights = {{a, 1.0}, {b, 1.0}, {c, 1.0}};
+  DataLoader p1(merged, tok, images, plain), p2(merged, tok, images, ones);
+  const auto x = drain(p1), y = drain(p2);
+  REQUIRE(x.size() == y.size());
+  for (size_t i = 0; i < x.size(); ++i) CHECK(x[i].ids.size() == y[i].ids.size());
+}

@@ -41,9 +41,9 @@ struct Expected {
 Ids repeat(int64_t id, int64_t n) { return Ids(n, id); }
 
 // encode(prompt) with each image id repeated n times: what the segment ids must equal.
-Ids encode_expanded(const Tokenizer& tok, const std::string& prompt, int64_t n_image_tokens) {
+Ids encode_expanded(const Tokenizer& tok, const std::string& prompt, int64_t n_image_tokens, bool add_bos = true) {
   Ids out;
-  for (int64_t id : tok.encode(prompt, true)) {
+  for (int64_t id : tok.encode(prompt, add_bos)) {
     if (id == tok.image_token_id()) out.insert(out.end(), n_image_tokens, id);
     else out.push_back(id);
   }
@@ -63,8 +63,11 @@ void check_sample(const TokenizedSample& got, const Expected& want) {
 }  // namespace
 
 TEST_CASE("template names, image tags and LLaVA's move of <image> to the front", "[unit][language][template]") {
-  for (const char* name : {"vicuna_v1", "llava_llama_2", "plain"}) CHECK(template_name(parse_template(name)) == name);
-  CHECK_THROWS_WITH(parse_template("chatml"), Contains("'chatml'") && Contains("vicuna_v1"));
+  for (const char* name : {"vicuna_v1", "llava_llama_2", "plain", "mistral_instruct", "chatml", "llama3"})
+    CHECK(template_name(parse_template(name)) == name);
+  CHECK(parse_template("llava_v1") == Template::kVicunaV1);  // LLaVA's names for the same template
+  CHECK(parse_template("v1") == Template::kVicunaV1);
+  CHECK_THROWS_WITH(parse_template("chatml_direct"), Contains("'chatml_direct'") && Contains("vicuna_v1"));
   CHECK(template_system_prompt(Template::kVicunaV1) == kVicunaSys);
   CHECK(template_system_prompt(Template::kLlavaLlama2) == kLlama2Sys);
 
@@ -222,15 +225,17 @@ TEST_CASE("segment ids equal encoding the whole prompt string", "[unit][language
       {{"human", "café 東京 🙂"}, {"gpt", "naïve ✓"}},
       {{"human", "say </s> and <s>"}, {"gpt", "ok </s> done <pad>"}},
   };
-  for (Template t : {Template::kVicunaV1, Template::kLlavaLlama2, Template::kPlain})
+  const Tokenizer& chat = test::tiny_chat_tokenizer();
+  for (Template t : {Template::kVicunaV1, Template::kLlavaLlama2, Template::kPlain, Template::kMistralInstruct,
+                     Template::kChatml, Template::kLlama3})
     for (const auto& turns : conversations) {
       if (t == Template::kPlain && turns.size() != 2) continue;
       std::string prompt = prompt_text(turns, t);
       INFO(template_name(t) << " prompt: [" << prompt << "]");
       for (int64_t n_image : {1, 7}) {
-        auto sample = tokenize_conversation(turns, tok, t, n_image, 0);
+        auto sample = tokenize_conversation(turns, chat, t, n_image, 0);
         CHECK(sample.problem == "");
-        CHECK(sample.input_ids == encode_expanded(tok, prompt, n_image));
+        CHECK(sample.input_ids == encode_expanded(chat, prompt, n_image, template_adds_bos(t)));
         CHECK(sample.labels.size() == sample.input_ids.size());
       }
     }
@@ -334,4 +339,144 @@ TEST_CASE("roles: alternate human/gpt from human, other conversations are report
   with_tail.push_back({"human", "c?"});
   CHECK(tokenize_conversation(with_tail, tok, Template::kVicunaV1, 4, 0).input_ids ==
         tokenize_conversation(turns, tok, Template::kVicunaV1, 4, 0).input_ids);
+}
+
+TEST_CASE("mistral_instruct, chatml and llama3: exact ids and labels", "[unit][language][template]") {
+  const Tokenizer& tok = test::tiny_chat_tokenizer();
+  const int64_t bos = tok.bos_id(), eos = tok.eos_id(), img = tok.image_token_id();
+  auto enc = [&](const std::string& s) { return tok.encode(s, false); };
+  auto id = [&](const std::string& token) { return Ids{tok.token_to_id(token)}; };
+  const std::vector<Turn> turns = {{"human", "What colour is the star?\n<image>"}, {"gpt", "Green."},
+                                   {"human", "And the cube?"}, {"gpt", "Red."}};
+
+  SECTION("mistral_instruct") {
+    CHECK(prompt_text(turns, Template::kMistralInstruct) ==
+          "[INST] <image>\nWhat colour is the star? [/INST]Green.</s>[INST] And the cube? [/INST]Red.</s>");
+    Expected want;
+    want.masked({bos});
+    want.masked(enc("[INST] "));
+    want.masked(repeat(img, 2));
+    want.masked(enc("\nWhat colour is the star? [/INST]"));
+    want.supervised(tok.encode_no_prefix("Green."));
+    want.supervised({eos});
+    want.masked(enc("[INST] And the cube? [/INST]"));
+    want.supervised(tok.encode_no_prefix("Red."));
+    want.supervised({eos});
+    check_sample(tokenize_conversation(turns, tok, Template::kMistralInstruct, 2, 0), want);
+  }
+  SECTION("chatml: no BOS, Qwen2's default system turn, <|im_end|> supervised and the newline after it not") {
+    CHECK(prompt_text(turns, Template::kChatml) ==
+          "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nWhat colour is the "
+          "star?<|im_end|>\n<|im_start|>assistant\nGreen.<|im_end|>\n<|im_start|>user\nAnd the cube?<|im_end|>\n"
+          "<|im_start|>assistant\nRed.<|im_end|>\n");
+    Expected want;
+    want.masked(id("<|im_start|>"));
+    want.masked(enc("system\nYou are a helpful assistant."));
+    want.masked(id("<|im_end|>"));
+    want.masked(enc("\n"));
+    want.masked(id("<|im_start|>"));
+    want.masked(enc("user\n"));
+    want.masked(repeat(img, 2));
+    want.masked(enc("\nWhat colour is the star?"));
+    want.masked(id("<|im_end|>"));
+    want.masked(enc("\n"));
+    want.masked(id("<|im_start|>"));
+    want.masked(enc("assistant\n"));
+    want.supervised(tok.encode_no_prefix("Green."));
+    want.supervised(id("<|im_end|>"));
+    want.masked(enc("\n"));
+    want.masked(id("<|im_start|>"));
+    want.masked(enc("user\nAnd the cube?"));
+    want.masked(id("<|im_end|>"));
+    want.masked(enc("\n"));
+    want.masked(id("<|im_start|>"));
+    want.masked(enc("assistant\n"));
+    want.supervised(tok.encode_no_prefix("Red."));
+    want.supervised(id("<|im_end|>"));
+    want.masked(enc("\n"));
+    check_sample(tokenize_conversation(turns, tok, Template::kChatml, 2, 0), want);
+  }
+  SECTION("llama3: <|begin_of_text|> instead of the tokenizer's BOS, a system turn, contents stripped") {
+    const std::vector<Turn> sys = {{"system", " Be brief. "}, {"human", "<image>\nShape?"}, {"gpt", " A star. "}};
+    CHECK(prompt_text(sys, Template::kLlama3) ==
+          "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
+          "<|end_header_id|>\n\n<image>\nShape?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA star.<|eot_id|>");
+    Expected want;
+    want.masked(id("<|begin_of_text|>"));
+    want.masked(id("<|start_header_id|>"));
+    want.masked(enc("system"));
+    want.masked(id("<|end_header_id|>"));
+    want.masked(enc("\n\nBe brief."));
+    want.masked(id("<|eot_id|>"));
+    want.masked(id("<|start_header_id|>"));
+    want.masked(enc("user"));
+    want.masked(id("<|end_header_id|>"));
+    want.masked(enc("\n\n"));
+    want.masked(repeat(img, 3));
+    want.masked(enc("\nShape?"));
+    want.masked(id("<|eot_id|>"));
+    want.masked(id("<|start_header_id|>"));
+    want.masked(enc("assistant"));
+    want.masked(id("<|end_header_id|>"));
+    want.masked(enc("\n\n"));
+    want.supervised(tok.encode_no_prefix("A star."));
+    want.supervised(id("<|eot_id|>"));
+    check_sample(tokenize_conversation(sys, tok, Template::kLlama3, 3, 0), want);
+  }
+  SECTION("a tokenizer without the template's special tokens is refused, naming them") {
+    CHECK_THROWS_WITH(tokenize_conversation(turns, test::tiny_tokenizer(), Template::kChatml, 2, 0),
+                      Contains("template chatml needs the special token <|im_start|>"));
+    CHECK_THROWS_WITH(tokenize_conversation(turns, test::tiny_tokenizer(), Template::kLlama3, 2, 0),
+                      Contains("<|begin_of_text|>"));
+  }
+  SECTION("generation stops at eos and at the template's end of turn") {
+    CHECK(template_stop_ids(Template::kChatml, tok) == Ids{eos, tok.token_to_id("<|im_end|>")});
+    CHECK(template_stop_ids(Template::kLlama3, tok) == Ids{eos, tok.token_to_id("<|eot_id|>")});
+    CHECK(template_stop_ids(Template::kVicunaV1, tok) == Ids{eos});
+  }
+}
+
+TEST_CASE("mistral_instruct, chatml and llama3 equal the models' own chat templates rendered by transformers",
+          "[reference][language][template]") {
+  const Tokenizer& tok = test::tiny_chat_tokenizer();
+  const std::vector<std::vector<Turn>> conversations = {
+      {{"human", "What colour is the star?"}, {"gpt", "The star is green."}, {"human", "And the cube?"}, {"gpt", "Red."}},
+      {{"human", "How many rings?"}, {"gpt", "There are 12 rings."}},
+      {{"system", "Answer in one word."}, {"human", "Colour of grass?"}, {"gpt", "Green."}},
+      {{"human", "café 東京, 100%?"}, {"gpt", "Yes: 1 2 3."}},
+  };
+  struct Case {
+    Template t;
+    std::vector<Turn> turns;
+  };
+  std::vector<Case> cases;
+  json in = json::array();
+  for (Template t : {Template::kMistralInstruct, Template::kChatml, Template::kLlama3})
+    for (const auto& turns : conversations) {
+      if (t == Template::kMistralInstruct && turns[0].role == "system") continue;  // its template has no system role
+      json messages = json::array();
+      for (const Turn& turn : turns)
+        messages.push_back({{"role", turn.role == "human" ? "user" : turn.role == "gpt" ? "assistant" : "system"},
+                            {"content", turn.text}});
+      in.push_back({{"template", template_name(t)}, {"messages", messages}});
+      cases.push_back({t, turns});
+    }
+  const std::string dir = test::scratch_dir("chat_template_reference");
+  write_json_file(dir + "/conversations.json", in);
+  std::string out;
+  const int rc = test::run_command(std::string(MOLE_PYTHON) + " " + test::source_dir() +
+                                       "/tests/reference/check_chat_templates.py --tokenizer " +
+                                       test::tiny_chat_tokenizer_dir() + " --conversations " + dir +
+                                       "/conversations.json --out " + dir + "/out.json",
+                                   &out);
+  INFO(out);
+  REQUIRE(rc == 0);
+  const json ref = read_json_file(dir + "/out.json");
+  INFO("transformers " << ref["transformers"].get<std::string>());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string prompt = prompt_text(cases[i].turns, cases[i].t);
+    INFO(template_name(cases[i].t) << " conversation " << i << ": [" << prompt << "]");
+    CHECK(ref["text"][i].get<std::string>() == (template_adds_bos(cases[i].t) ? "<s>" : "") + prompt);
+    CHECK(ref["ids"][i].get<Ids>() == tokenize_conversation(cases[i].turns, tok, cases[i].t, 1, 0).input_ids);
+  }
 }

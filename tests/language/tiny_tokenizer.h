@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <fstream>
 #include <string>
 #include <system_error>
@@ -63,6 +64,48 @@ inline std::string tiny_tokenizer_dir() {
   fs::rename(tmp, dir, ec);  // fails when another process got there first: use theirs
   if (ec) fs::remove_all(tmp);
   return dir.string();
+}
+
+// The chat templates' special tokens, added after <image> and <pad> (ids 402-407).
+inline const std::vector<std::string>& chat_tokens() {
+  static const std::vector<std::string> tokens = {"<|im_start|>",        "<|im_end|>",        "<|begin_of_text|>",
+                                                  "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+  return tokens;
+}
+
+// The tiny tokenizer with chat_tokens() added (added_tokens.json), for the chatml and llama3 templates.
+inline std::string tiny_chat_tokenizer_dir() {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(binary_dir()) / "test_scratch" / ("tiny_chat_tokenizer_v" + std::to_string(kTinyVocab));
+  if (fs::exists(dir / "added_tokens.json")) return dir.string();
+  const fs::path tmp = dir.string() + ".tmp" + std::to_string(getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  const fs::path base = tiny_tokenizer_dir();
+  for (const char* f : {"tokenizer.model", "special_tokens_map.json"}) fs::copy_file(base / f, tmp / f);
+  // transformers reads added tokens from tokenizer_config.json's added_tokens_decoder: the chat tokens go there
+  // too, as special tokens (what the models' own tokenizer_config.json files declare).
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(base / "tokenizer_config.json"));
+  for (size_t i = 0; i < chat_tokens().size(); ++i)
+    config["added_tokens_decoder"][std::to_string(kTinyVocab + 2 + int64_t(i))] = {
+        {"content", chat_tokens()[i]}, {"lstrip", false}, {"normalized", false}, {"rstrip", false},
+        {"single_word", false}, {"special", true}};
+  std::ofstream(tmp / "tokenizer_config.json") << config.dump(2);
+  std::ofstream added(tmp / "added_tokens.json");
+  added << "{\"<image>\": " << kTinyVocab << ", \"<pad>\": " << kTinyVocab + 1;
+  for (size_t i = 0; i < chat_tokens().size(); ++i)
+    added << ", \"" << chat_tokens()[i] << "\": " << kTinyVocab + 2 + int64_t(i);
+  added << "}\n";
+  added.close();
+  std::error_code ec;
+  fs::rename(tmp, dir, ec);
+  if (ec) fs::remove_all(tmp);
+  return dir.string();
+}
+
+inline const Tokenizer& tiny_chat_tokenizer() {
+  static const Tokenizer tokenizer = Tokenizer::load(tiny_chat_tokenizer_dir());
+  return tokenizer;
 }
 
 inline const Tokenizer& tiny_tokenizer() {

@@ -33,85 +33,14 @@
 #include "pipelines/train_config.h"
 #include "pipelines/trainer.h"
 #include "tests/language/tiny_tokenizer.h"
+#include "tests/pipelines/tiny_training.h"
 #include "tests/test_util.h"
 
 using namespace mole;
 using Catch::Contains;
 namespace fs = std::filesystem;
 
-namespace {
-
-// A LLaVA small enough to train in a fraction of a second per step: 32 px images in 4 patches, 2 text layers.
-json tiny_init() {
-  return {{"model_type", "llava"},
-          {"vision_feature_layer", -1},
-          {"vision_config", {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 1},
-                             {"num_attention_heads", 2}, {"image_size", 32}, {"patch_size", 16}}},
-          {"text_config", {{"model_type", "llama"}, {"hidden_size", 32}, {"intermediate_size", 64},
-                           {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
-                           {"max_position_embeddings", 512}}}};
-}
-
-// Shapes data, the tiny tokenizer and a pretrained tiny base, made once per test process.
-struct Setup {
-  std::string dir, data, tokenizer, base;
-};
-
-const Setup& setup() {
-  static const Setup s = [] {
-    Setup s;
-    // one folder per test process: ctest runs this file's cases as parallel processes, each making its own base
-    s.dir = mole::test::scratch_dir("training_setup_" + std::to_string(::getpid()));
-    s.data = s.dir + "/data";
-    ShapesOptions shapes;
-    shapes.out_dir = s.data;
-    shapes.n_train = 40;
-    shapes.n_eval = 4;
-    shapes.n_text_train = 10;
-    shapes.n_text_eval = 4;
-    make_shapes_dataset(shapes);
-    s.tokenizer = mole::test::tiny_tokenizer_dir();
-    json pretrain = {{"stage", "pretrain"},
-                     {"out", s.dir + "/pretrain"},
-                     {"model", {{"tokenizer", s.tokenizer}, {"init", tiny_init()}}},
-                     {"data", {{"train", s.data + "/captions.json"}, {"images", s.data}, {"max_len", 128},
-                               {"batch_size", 4}, {"workers", 1}}},
-                     {"optim", {{"steps", 3}, {"lr", 1e-3}}},
-                     {"run", {{"threads", 1}, {"progress", "off"}}}};
-    run_training(TrainConfig::from_json(pretrain, "test pretrain"), false);
-    s.base = s.dir + "/pretrain/final";
-    return s;
-  }();
-  return s;
-}
-
-// Finetuning with MoLE where randomness matters: noisy gating and LoRA dropout draw from the RNG every step.
-json finetune_config(const std::string& out) {
-  const Setup& s = setup();
-  return {{"stage", "finetune"},
-          {"out", out},
-          {"model", {{"base", s.base},
-                     {"adapter", {{"kind", "mole"}, {"granularity", "ffn"}, {"targets", {"gate_proj", "up_proj", "down_proj"}},
-                                  {"rank", 4}, {"alpha", 8.0}, {"dropout", 0.1}, {"n_experts", 4}, {"top_k", 2},
-                                  {"gating", "noisy_topk"}, {"losses", {{"switch_aux", 0.01}, {"z_loss", 0.001}}}}}}},
-          {"data", {{"train", s.data + "/instruct.json"}, {"images", s.data}, {"max_len", 160}, {"batch_size", 4},
-                    {"workers", 2}}},
-          {"optim", {{"steps", 6}, {"lr", 2e-3}, {"weight_decay", 0.01}, {"grad_accum", 2}, {"warmup_ratio", 0.2}}},
-          {"run", {{"threads", 1}, {"log_every", 1}, {"progress", "off"}, {"seed", 3}}}};
-}
-
-std::vector<json> logged_steps(const std::string& metrics) {
-  std::vector<json> out;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line);
-    if (j.contains("loss") && !j.contains("event")) out.push_back(j);
-  }
-  return out;
-}
-
-}  // namespace
+using namespace mole::test;
 
 TEST_CASE("AdamW equals torch::optim::AdamW step for step", "[unit][train]") {
   torch::manual_seed(0);
@@ -751,4 +680,39 @@ TEST_CASE("metrics.jsonl reads as one run after a resume from an older checkpoin
   // step 3 from the first run (a window of 1-3), then 5 and 6 from the resumed one, each once; the first run's
   // line for step 6 was dropped
   CHECK(lines_per_step == std::map<int64_t, int>{{3, 1}, {5, 1}, {6, 1}});
+}
+
+TEST_CASE("data.eval: the held-out loss is logged at run.eval_every steps and at the end, and data.weights is checked",
+          "[unit][train]") {
+  const Setup& s = setup();
+  const std::string dir = mole::test::scratch_dir("training_eval_loss");
+  json config = finetune_config(dir + "/run");
+  config["data"]["eval"] = s.data + "/instruct.json";
+  config["run"]["eval_every"] = 4;
+  const TrainResult result = run_training(TrainConfig::from_json(config, "eval"), false);
+  std::vector<json> evals;
+  std::ifstream in(dir + "/run/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line);
+    if (j.contains("eval_loss")) evals.push_back(j);
+  }
+  REQUIRE(evals.size() == 2);  // steps 4 and 6 (the end)
+  CHECK(evals[0]["step"] == 4);
+  CHECK(evals[1]["step"] == 6);
+  CHECK(evals[1]["eval_targets"].get<int64_t>() > 0);
+  CHECK(std::isfinite(evals[1]["eval_loss"].get<double>()));
+  CHECK(result.eval_loss == evals[1]["eval_loss"].get<double>());
+  // measuring does not change training: the same losses as without data.eval
+  json plain = finetune_config(dir + "/plain");
+  const TrainResult without = run_training(TrainConfig::from_json(plain, "plain"), false);
+  CHECK(without.last_loss == result.last_loss);
+
+  json bad = finetune_config(dir + "/bad");
+  bad["data"]["weights"] = {1.0, 2.0};
+  CHECK_THROWS_WITH(TrainConfig::from_json(bad, "w"), Contains("data.weights: has 2 entries for 1 train files"));
+  bad["data"]["weights"] = {-1.0};
+  CHECK_THROWS_WITH(TrainConfig::from_json(bad, "w"), Contains("data.weights[0]: must be a finite number >= 0"));
+  json no_eval = finetune_config(dir + "/bad");
+  no_eval["run"]["eval_every"] = 2;
+  CHECK_THROWS_WITH(TrainConfig::from_json(no_eval, "e"), Contains("run.eval_every: needs data.eval"));
 }
