@@ -1,5 +1,7 @@
 #include "language/tokenizer.h"
 
+#include "language/bpe_tokenizer.h"
+
 #include <tuple>
 
 #include <algorithm>
@@ -64,11 +66,10 @@ Tokenizer Tokenizer::load(const std::string& dir_or_file) {
     model_path = dir / "tokenizer.model";
   }
   t.source_ = model_path.string();
+  if (!fs::is_regular_file(model_path) && is_folder && fs::exists(dir / "tokenizer.json"))
+    return load_byte_level(dir.string());
   if (!fs::is_regular_file(model_path))
-    throw TokenizerError(t.source_ + ": no sentencepiece tokenizer.model there" +
-                         (is_folder && fs::exists(dir / "tokenizer.json")
-                              ? std::string(" (only tokenizer.json, which mole does not read)")
-                              : std::string()));
+    throw TokenizerError(t.source_ + ": no sentencepiece tokenizer.model there (nor a tokenizer.json)");
   t.sp_ = std::make_shared<sentencepiece::SentencePieceProcessor>();
   auto status = t.sp_->Load(t.source_);
   if (!status.ok()) throw TokenizerError(t.source_ + ": not a sentencepiece model: " + status.ToString());
@@ -205,6 +206,28 @@ Tokenizer Tokenizer::load(const std::string& dir_or_file) {
   return t;
 }
 
+Tokenizer Tokenizer::load_byte_level(const std::string& dir) {
+  Tokenizer t;
+  t.bpe_ = std::make_shared<const ByteLevelBpe>(ByteLevelBpe::load(dir + "/tokenizer.json"));
+  t.source_ = t.bpe_->source();
+  const std::string config_path = dir + "/tokenizer_config.json";
+  const json config = fs::exists(config_path) ? read_json_file(config_path) : json::object();
+  auto resolve = [&](const std::string& key, int64_t fallback) {
+    const std::string text = token_text(config, key, config_path);
+    if (text.empty()) return fallback;
+    const int64_t id = t.bpe_->token_to_id(text);
+    if (id < 0) throw TokenizerError(config_path + ": " + key + " '" + text + "' is not in " + t.source_);
+    return id;
+  };
+  t.bos_id_ = resolve("bos_token", t.bpe_->post_processor_bos());
+  t.eos_id_ = resolve("eos_token", -1);
+  t.unk_id_ = -1;  // byte-level: every byte has a token
+  t.pad_id_ = resolve("pad_token", t.bpe_->token_to_id("<pad>"));
+  if (t.eos_id_ < 0) throw TokenizerError(config_path + ": eos_token is needed (the end of an answer)");
+  if (t.is_added_token("<image>")) t.image_token_id_ = t.bpe_->token_to_id("<image>");
+  return t;
+}
+
 // ---- encoding --------------------------------------------------------------------------------------------
 
 std::vector<int64_t> Tokenizer::encode_plain(const std::string& piece, bool prefix) const {
@@ -282,16 +305,18 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos) co
     if (bos_id_ < 0) throw TokenizerError(source_ + ": the tokenizer has no bos token");
     ids.push_back(bos_id_);
   }
-  auto rest = encode_impl(text, true);
+  auto rest = bpe_ ? bpe_->encode(text) : encode_impl(text, true);
   ids.insert(ids.end(), rest.begin(), rest.end());
   return ids;
 }
 
-std::vector<int64_t> Tokenizer::encode_no_prefix(const std::string& text) const { return encode_impl(text, false); }
+std::vector<int64_t> Tokenizer::encode_no_prefix(const std::string& text) const {
+  return bpe_ ? bpe_->encode(text) : encode_impl(text, false);
+}
 
 // ---- decoding and lookup ---------------------------------------------------------------------------------
 
-int64_t Tokenizer::sp_vocab_size() const { return sp_->GetPieceSize(); }
+int64_t Tokenizer::sp_vocab_size() const { return bpe_ ? bpe_->vocab_size() : sp_->GetPieceSize(); }
 int64_t Tokenizer::vocab_size() const { return sp_vocab_size() + n_added_; }
 
 const Tokenizer::AddedToken* Tokenizer::added_by_id(int64_t id) const {
@@ -302,6 +327,7 @@ const Tokenizer::AddedToken* Tokenizer::added_by_id(int64_t id) const {
 
 nlohmann::json Tokenizer::hf_tokenizer_json() const {
   using nlohmann::json;
+  if (bpe_) return read_json_file(source_);  // it is one already
   const int64_t n_sp = sp_vocab_size();
   // vocab: every piece by id; merges: SentencePieceExtractor.extract -> generate_merges(vocab) (no scores): each
   // piece split at every character boundary into two pieces of the vocabulary is a merge, ranked by the piece's id,
@@ -394,6 +420,10 @@ nlohmann::json Tokenizer::hf_tokenizer_json() const {
 }
 
 bool Tokenizer::is_added_token(const std::string& content) const {
+  if (bpe_) {  // split out as one id by encode: an added token
+    const int64_t id = bpe_->token_to_id(content);
+    return id >= 0 && bpe_->encode(content) == std::vector<int64_t>{id};
+  }
   for (const AddedToken& t : split_tokens_)
     if (t.content == content) return true;
   return false;
@@ -401,12 +431,14 @@ bool Tokenizer::is_added_token(const std::string& content) const {
 
 bool Tokenizer::is_special(int64_t id) const {
   if (id == bos_id_ || id == eos_id_ || id == unk_id_ || id == pad_id_) return true;
+  if (bpe_) return bpe_->is_special(id);
   if (id >= 0 && id < sp_vocab_size() && sp_->IsControl(id)) return true;
   const AddedToken* token = added_by_id(id);
   return token && token->special;
 }
 
 std::string Tokenizer::id_to_piece(int64_t id) const {
+  if (bpe_) return bpe_->id_to_token(id);
   if (id >= 0 && id < sp_vocab_size()) return sp_->IdToPiece(id);
   const AddedToken* token = added_by_id(id);
   if (!token)
@@ -416,6 +448,7 @@ std::string Tokenizer::id_to_piece(int64_t id) const {
 }
 
 int64_t Tokenizer::token_to_id(const std::string& token) const {
+  if (bpe_) return bpe_->token_to_id(token);
   for (const auto& s : split_tokens_)
     if (s.content == token) return s.id;
   int64_t id = sp_->PieceToId(token);
@@ -424,6 +457,13 @@ int64_t Tokenizer::token_to_id(const std::string& token) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special) const {
+  if (bpe_) {
+    for (int64_t id : ids)
+      if (id < 0 || id >= vocab_size())
+        throw TokenizerError(source_ + ": cannot decode id " + std::to_string(id) + ": outside the vocabulary (" +
+                             std::to_string(vocab_size()) + " tokens)");
+    return bpe_->decode(ids, skip_special);
+  }
   std::string out;
   std::vector<int> run;  // ordinary sentencepiece ids, decoded together (byte fallback spans ids)
   auto flush = [&]() {

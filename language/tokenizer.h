@@ -47,6 +47,8 @@ class SentencePieceProcessor;
 
 namespace mole {
 
+class ByteLevelBpe;  // language/bpe_tokenizer.h
+
 // A tokenizer file or folder that cannot be read or is inconsistent; the message names the file.
 struct TokenizerError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -70,6 +72,10 @@ struct TrainOptions {
 
 class Tokenizer {
  public:
+  // A folder with only tokenizer.json (no tokenizer.model) is read as a byte-level BPE tokenizer
+  // (language/bpe_tokenizer.h): ids as the `tokenizers` library's; bos/eos/pad from tokenizer_config.json
+  // (bos_token, eos_token, pad_token), else the post-processor's first token as bos and no pad; encode_no_prefix is
+  // encode (byte-level BPE has no dummy prefix); added tokens, <image> among them, come from tokenizer.json.
   // `dir_or_file`: a tokenizer.model file, or a folder holding tokenizer.model and optionally
   // added_tokens.json ({"<image>": 32000, "<pad>": 32001}) and tokenizer_config.json (its
   // "added_tokens_decoder" and bos/eos/unk/pad_token). Added tokens must take the ids right after the
@@ -132,6 +138,10 @@ class Tokenizer {
   std::vector<int64_t> encode_impl(const std::string& text, bool prefix_first) const;
   const AddedToken* added_by_id(int64_t id) const;
 
+  // A folder with tokenizer.json and no tokenizer.model: the byte-level BPE backend (Llama-3, Qwen2, ...); every
+  // method below goes to it when set, and sp_ is null.
+  static Tokenizer load_byte_level(const std::string& dir);
+  std::shared_ptr<const ByteLevelBpe> bpe_;
   std::shared_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string source_;
   std::vector<AddedToken> split_tokens_;  // every string encode() splits on: added tokens and <s> </s> <unk>

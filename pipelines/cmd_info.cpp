@@ -1,6 +1,9 @@
 // mole info DIR: what a checkpoint folder holds and what this build can do with it. The checkpoint is
 // matched against its config.json (every tensor name and shape) without reading any weights.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <thread>
@@ -12,6 +15,7 @@
 #include "core/linear.h"
 #include "core/safetensors.h"
 #include "model/llava_loader.h"
+#include "model/trained_model.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
 
@@ -40,11 +44,97 @@ std::string with_commas(int64_t n) {
 
 }  // namespace
 
+// A mole run, checkpoint or final folder (model.json): what it was trained from and how, what it trained, and
+// for a run its checkpoints and the end of its log.
+static json trained_info(const std::string& path) {
+  namespace fs = std::filesystem;
+  const std::string dir = resolve_model_dir(path);
+  const ModelSpec spec = ModelSpec::from_json(read_json_file(dir + "/model.json"), dir + "/model.json");
+  json info = {{"path", path}, {"model_folder", dir}, {"spec", spec.to_json()}};
+  if (fs::exists(dir + "/trainable.safetensors")) {
+    TensorStore trained(dir + "/trainable.safetensors");
+    int64_t n = 0;
+    std::map<std::string, int64_t> by_part;  // vision_tower, multi_modal_projector, language_model (adapters count there)
+    for (const auto& name : trained.names()) {
+      int64_t count = 1;
+      for (int64_t d : trained.info(name).shape) count *= d;
+      n += count;
+      by_part[name.substr(0, name.find('.'))] += count;
+    }
+    info["trained"] = {{"tensors", trained.names().size()}, {"parameters", n}, {"by_part", by_part}};
+  }
+  if (fs::exists(dir + "/trainer_state.json")) info["trainer_state"] = read_json_file(dir + "/trainer_state.json");
+  const std::string run = fs::exists(path + "/run.json") ? path : "";
+  if (!run.empty()) {
+    json checkpoints = json::array();
+    if (fs::exists(run + "/checkpoints"))
+      for (const auto& e : fs::directory_iterator(run + "/checkpoints"))
+        if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0)
+          checkpoints.push_back(e.path().filename().string());
+    std::sort(checkpoints.begin(), checkpoints.end());
+    info["run"] = {{"checkpoints", checkpoints}, {"finished", fs::exists(run + "/final")}};
+    std::ifstream log(run + "/metrics.jsonl");
+    json last_window, last_event;
+    for (std::string line; std::getline(log, line);) {
+      json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) continue;
+      if (j.contains("event")) last_event = j;
+      else if (j.contains("loss")) last_window = j;
+    }
+    if (!last_window.is_null()) info["run"]["last_window"] = {{"step", last_window["step"]}, {"loss", last_window["loss"]}};
+    if (!last_event.is_null()) info["run"]["last_event"] = last_event;
+  }
+  return info;
+}
+
 int cmd_info(int argc, char** argv) {
-  Args args("info", "Describe a llava-hf checkpoint folder (config.json + safetensors) and this build.");
-  args.positional("DIR", "checkpoint folder").flag("json", "print one JSON object instead of text");
+  Args args("info", "Describe a llava-hf checkpoint folder (config.json + safetensors), or a mole run, checkpoint or "
+                    "final folder (model.json: what it was trained from, what it trained, its checkpoints), and this "
+                    "build.");
+  args.positional("DIR", "checkpoint, run or final folder").flag("json", "print one JSON object instead of text");
   if (!args.parse(argc, argv)) return 0;
   std::string dir = args.get("DIR");
+  namespace fs = std::filesystem;
+  if (fs::exists(resolve_model_dir(dir) + "/model.json") && !fs::exists(dir + "/config.json")) {
+    const json info = trained_info(dir);
+    if (args.has("json")) {
+      std::printf("%s\n", info.dump(2).c_str());
+      return 0;
+    }
+    const json& spec = info["spec"];
+    std::printf("mole info: %s (a mole %s)\n", dir.c_str(), info.contains("run") ? "run" : "model folder");
+    std::printf("  stage         %s\n", spec.value("stage", "").c_str());
+    for (const char* key : {"base", "vision_tower", "language_model", "projector", "tokenizer"})
+      if (spec.contains(key) && spec[key].is_string() && !spec[key].get<std::string>().empty())
+        std::printf("  %-13s %s\n", key, spec[key].get<std::string>().c_str());
+    std::printf("  template      %s\n", spec.value("template", "").c_str());
+    if (spec.contains("adapter") && spec["adapter"].is_object()) {
+      const json& a = spec["adapter"];
+      std::printf("  adapter       %s, rank %s, alpha %s, targets %s", a.value("kind", "").c_str(),
+                  a.value("rank", json()).dump().c_str(), a.value("alpha", json()).dump().c_str(),
+                  a.value("targets", json()).dump().c_str());
+      if (a.value("kind", "") == "mole")
+        std::printf(", %s experts top-%s (%s)", a.value("n_experts", json()).dump().c_str(),
+                    a.value("top_k", json()).dump().c_str(), a.value("granularity", "").c_str());
+      std::printf("\n");
+    }
+    if (info.contains("trained"))
+      std::printf("  trained       %s parameters in %s tensors %s\n",
+                  with_commas(info["trained"]["parameters"].get<int64_t>()).c_str(),
+                  info["trained"]["tensors"].dump().c_str(), info["trained"]["by_part"].dump().c_str());
+    if (info.contains("trainer_state"))
+      std::printf("  at step       %s of %s\n", info["trainer_state"].value("step", json()).dump().c_str(),
+                  info["trainer_state"].value("total_steps", json()).dump().c_str());
+    if (info.contains("run")) {
+      const json& r = info["run"];
+      std::printf("  checkpoints   %s\n", r["checkpoints"].dump().c_str());
+      std::printf("  finished      %s\n", r["finished"].get<bool>() ? "yes (final/)" : "no");
+      if (r.contains("last_window"))
+        std::printf("  last window   step %s, loss %s\n", r["last_window"]["step"].dump().c_str(),
+                    r["last_window"]["loss"].dump().c_str());
+    }
+    return 0;
+  }
 
   LlavaConfig config = read_llava_config(dir);
   TensorStore store(dir);

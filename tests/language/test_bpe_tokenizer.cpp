@@ -1,7 +1,8 @@
 // ByteLevelBpe (language/bpe_tokenizer.h): Hugging Face tokenizer.json byte-level BPE.
-// [reference]: the tokenizer.json files and the `tokenizers` library's ids that tests/reference/make_bpe_reference.py
-//   wrote into build/ref/bpe (Llama-3, Qwen2 and GPT-2 style); every text must give the library's ids exactly,
-//   with and without the post-processor, and decode must give the library's strings.
+// [reference]: the tokenizer.json files and the `tokenizers` library's ids that
+//   tests/reference/make_bpe_reference.py wrote into build/ref/bpe (Llama-3, Qwen2, Mistral-Nemo and GPT-2 style):
+//   every text must give the library's pre-tokens and ids exactly, with and without the post-processor, and
+//   decode must give the library's strings.
 // [unit]: hand-written tiny tokenizer.json files: a BPE merge order worked out by hand (and checked once against
 //   the library), and the errors for what is not supported, which name the file and the key.
 #include <catch2/catch.hpp>

@@ -4,6 +4,7 @@
 // that must be reported instead of trained.
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -479,4 +480,48 @@ TEST_CASE("mistral_instruct, chatml and llama3 equal the models' own chat templa
     CHECK(ref["text"][i].get<std::string>() == (template_adds_bos(cases[i].t) ? "<s>" : "") + prompt);
     CHECK(ref["ids"][i].get<Ids>() == tokenize_conversation(cases[i].turns, tok, cases[i].t, 1, 0).input_ids);
   }
+}
+
+TEST_CASE("templates on tokenizer.json (byte-level BPE) tokenizers: segment ids equal encoding the whole prompt",
+          "[reference][language][template][tokenizer]") {
+  // The reference tokenizer.json files (tests/reference/make_bpe_reference.py) in folders with the
+  // tokenizer_config.json such models ship: bos and eos named there.
+  auto folder = [](const std::string& name, const json& config) {
+    const std::string dir = test::scratch_dir("bpe_template_" + name);
+    std::filesystem::copy_file(test::ref_dir() + "/bpe/" + name + "/tokenizer.json", dir + "/tokenizer.json");
+    write_json_file(dir + "/tokenizer_config.json", config);
+    return dir;
+  };
+  const Tokenizer llama3 = Tokenizer::load(folder("llama3", {{"bos_token", "<|begin_of_text|>"}, {"eos_token", "<|eot_id|>"}}));
+  const Tokenizer qwen2 = Tokenizer::load(folder("qwen2", {{"eos_token", "<|im_end|>"}, {"pad_token", "<|endoftext|>"}}));
+  CHECK(llama3.bos_id() == llama3.token_to_id("<|begin_of_text|>"));
+  CHECK(llama3.image_token_id() == llama3.token_to_id("<image>"));
+  CHECK(qwen2.bos_id() == -1);  // Qwen2 has none: its post-processor adds nothing
+  CHECK(qwen2.pad_id() == qwen2.token_to_id("<|endoftext|>"));
+  CHECK(llama3.decode(llama3.encode("Hello world, 42!", false), true) == "Hello world, 42!");
+
+  const std::vector<std::vector<Turn>> with_images = {
+      {{"human", "<image>\nWhat colour is the star?"}, {"gpt", "The star is green."}, {"human", "And 2+2?"},
+       {"gpt", " 4, I think. "}},
+      {{"system", "Answer briefly."}, {"human", "café 東京 🙂?"}, {"gpt", "naïve ✓\n\nnew lines"}},
+  };
+  const std::vector<std::vector<Turn>> text_only = {with_images[1], {{"human", "How many rings?"}, {"gpt", "There are 12."}}};
+  struct Case {
+    const Tokenizer* tok;
+    Template t;
+    const std::vector<std::vector<Turn>>* conversations;
+  };
+  for (const Case& c : {Case{&llama3, Template::kLlama3, &with_images}, Case{&llama3, Template::kVicunaV1, &with_images},
+                        Case{&llama3, Template::kMistralInstruct, &with_images}, Case{&qwen2, Template::kChatml, &text_only}})
+    for (const auto& turns : *c.conversations) {
+      std::string prompt = prompt_text(turns, c.t);
+      // vicuna_v1 and mistral_instruct end a turn with the tokenizer's eos, which prompt_text spells "</s>"
+      for (size_t at = prompt.find("</s>"); at != std::string::npos; at = prompt.find("</s>", at))
+        prompt.replace(at, 4, c.tok->id_to_piece(c.tok->eos_id()));
+      INFO(template_name(c.t) << " prompt: [" << prompt << "]");
+      const TokenizedSample sample = tokenize_conversation(turns, *c.tok, c.t, 3, 0);
+      REQUIRE(sample.problem == "");
+      CHECK(sample.input_ids == encode_expanded(*c.tok, prompt, 3, template_adds_bos(c.t)));
+      CHECK(sample.n_supervised > 0);
+    }
 }

@@ -128,6 +128,15 @@ TEST_CASE("mole export: MoLE gives the base with its projector and mole_adapter/
   const Ids direct = mole_generate("--model " + dir + "/run --image " + image + " --prompt 'What is it?'");
   CHECK(mole_generate("--model " + dir + "/hf --adapter " + dir + "/hf/mole_adapter --image " + image +
                       " --prompt 'What is it?'") == direct);
+  // mole info reads the run, its final folder and a checkpoint
+  REQUIRE(run_command(mole_bin() + " info " + dir + "/run", &out) == 0);
+  CHECK_THAT(out, Contains("a mole run") && Contains("adapter       mole") && Contains("finished      yes"));
+  REQUIRE(run_command(mole_bin() + " info " + dir + "/run --json", &out) == 0);
+  const json info = json::parse(out.substr(out.find('{')));
+  CHECK(info["run"]["checkpoints"] == json::array({"step-0000006"}));
+  CHECK(info["trained"]["parameters"].get<int64_t>() > 0);
+  REQUIRE(run_command(mole_bin() + " info " + dir + "/run/checkpoints/step-0000006 --json", &out) == 0);
+  CHECK(json::parse(out.substr(out.find('{')))["trainer_state"]["step"] == 6);
   // a model that carries adapters takes no second one
   CHECK(run_command(mole_bin() + " generate --model " + dir + "/run --adapter " + dir + "/hf/mole_adapter --prompt x", &out) != 0);
   CHECK_THAT(out, Contains("carries adapters already"));
