@@ -100,6 +100,7 @@ std::vector<ModelAnswer> answer_questions(TrainedModel& m, const std::vector<Vqa
       answers.push_back({q.question_id, q.image.empty() ? q.text : "<image>\n" + q.text,
                          trim(tok.decode(generated, true)), q.category, generated});
     }
+    if (options.progress) options.progress(answers.size(), questions.size());
   }
   return answers;
 }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@ struct AnswerOptions {
   int64_t max_new_tokens = 128;
   std::string image_dir;          // question images are relative to it
   RoutingStats* routing = nullptr;  // routing statistics of prompts and generated tokens, when given
+  std::function<void(size_t answered, size_t total)> progress;  // after each batch, when given
 };
 
 // Puts an adapter folder (mole's format, or PEFT's LoRA with an optional modules_to_save projector) on a loaded

@@ -5,11 +5,14 @@
 // With --annotations (VQAv2 format) it scores them with the official metric (eval/vqa_metrics.h) and writes
 // DIR/scores.json: overall, perQuestionType, perAnswerType, evalQA, plus perCategory (the question file's
 // "category", e.g. the task family of the shapes set).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "core/json_config.h"
 #include "eval/answer.h"
@@ -77,6 +80,18 @@ int cmd_eval_vqa(int argc, char** argv) {
   options.batch_size = args.get_int("batch-size");
   options.max_new_tokens = args.get_int("max-new-tokens");
   options.image_dir = args.get("images");
+  // progress on stderr: a line rewritten in place on a terminal, a line per tenth otherwise
+  const auto answering = std::chrono::steady_clock::now();
+  const bool tty = isatty(fileno(stderr));
+  size_t next_line = 0;
+  options.progress = [&](size_t done, size_t total) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - answering).count();
+    const double rate = s > 0 ? double(done) / s : 0.0;
+    if (!tty && done < total && done < next_line) return;
+    next_line = done + std::max<size_t>(1, total / 10);
+    std::fprintf(stderr, "%sanswered %zu / %zu (%.1f questions/s, %.0f s left)%s", tty ? "\r" : "", done, total,
+                 rate, rate > 0 ? double(total - done) / rate : 0.0, tty && done < total ? "" : "\n");
+  };
   const std::vector<ModelAnswer> answers = answer_questions(model, questions, options);
 
   const std::string out = args.get("out");

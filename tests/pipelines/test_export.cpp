@@ -128,6 +128,12 @@ TEST_CASE("mole export: MoLE gives the base with its projector and mole_adapter/
   const Ids direct = mole_generate("--model " + dir + "/run --image " + image + " --prompt 'What is it?'");
   CHECK(mole_generate("--model " + dir + "/hf --adapter " + dir + "/hf/mole_adapter --image " + image +
                       " --prompt 'What is it?'") == direct);
+  // eval-vqa takes the adapter the same way, and shows its progress
+  REQUIRE(run_command(mole_bin() + " eval-vqa --model " + dir + "/hf --adapter " + dir + "/hf/mole_adapter --questions " +
+                          s.data + "/eval/llava_questions.jsonl --images " + s.data + "/images/eval --out " + dir +
+                          "/eval --limit 3 --batch-size 2 --max-new-tokens 4",
+                      &out) == 0);
+  CHECK_THAT(out, Contains("answered 2 / 3") && Contains("answered 3 / 3"));
   // mole info reads the run, its final folder and a checkpoint
   REQUIRE(run_command(mole_bin() + " info " + dir + "/run", &out) == 0);
   CHECK_THAT(out, Contains("a mole run") && Contains("adapter       mole") && Contains("finished      yes"));
@@ -140,7 +146,6 @@ TEST_CASE("mole export: MoLE gives the base with its projector and mole_adapter/
   // a model that carries adapters takes no second one
   CHECK(run_command(mole_bin() + " generate --model " + dir + "/run --adapter " + dir + "/hf/mole_adapter --prompt x", &out) != 0);
   CHECK_THAT(out, Contains("carries adapters already"));
-  (void)s;
 }
 
 TEST_CASE("the chat_template.jinja mole export writes renders mole's prompt for every template",
