@@ -419,6 +419,46 @@ nlohmann::json Tokenizer::hf_tokenizer_json() const {
             {"merges", merge_list}}}};
 }
 
+Tokenizer Tokenizer::with_added_tokens(const std::vector<std::string>& contents) const {
+  if (bpe_) throw TokenizerError(source_ + ": adding tokens to a tokenizer.json tokenizer is not supported");
+  Tokenizer t = *this;
+  for (const std::string& content : contents) {
+    if (t.is_added_token(content) || t.token_to_id(content) >= 0) continue;
+    AddedToken token;
+    token.content = content;
+    token.id = t.vocab_size();
+    t.split_tokens_.push_back(token);
+    ++t.n_added_;
+    if (content == "<image>") t.image_token_id_ = token.id;
+    if (content == "<pad>") t.pad_id_ = token.id;
+  }
+  return t;
+}
+
+void Tokenizer::write_added_tokens(const std::string& dir) const {
+  const int64_t n_sp = sp_vocab_size();
+  json added = json::object(), decoder = json::object();
+  for (const AddedToken& t : split_tokens_)
+    if (t.id >= n_sp) {
+      added[t.content] = t.id;
+      decoder[std::to_string(t.id)] = {{"content", t.content}, {"lstrip", t.lstrip},   {"normalized", false},
+                                       {"rstrip", t.rstrip},   {"single_word", false}, {"special", t.special}};
+    }
+  write_json_file(dir + "/added_tokens.json", added);
+  const std::string config_path = dir + "/tokenizer_config.json";
+  json config = fs::exists(config_path) ? read_json_file(config_path) : json::object();
+  for (const auto& [id, entry] : decoder.items()) config["added_tokens_decoder"][id] = entry;
+  const AddedToken* pad = added_by_id(pad_id_);
+  if (pad && pad->id >= n_sp) config["pad_token"] = pad->content;
+  write_json_file(config_path, config);
+  const std::string map_path = dir + "/special_tokens_map.json";
+  if (pad && pad->id >= n_sp && fs::exists(map_path)) {
+    json map = read_json_file(map_path);
+    map["pad_token"] = pad->content;
+    write_json_file(map_path, map);
+  }
+}
+
 bool Tokenizer::is_added_token(const std::string& content) const {
   if (bpe_) {  // split out as one id by encode: an added token
     const int64_t id = bpe_->token_to_id(content);

@@ -122,6 +122,14 @@ class Tokenizer {
   // folder's tokenizer with the generic TokenizersBackend, which without this file converts tokenizer.model in a
   // way that differs from LlamaTokenizer (no dummy prefix); mole export writes it. Needs a BPE model.
   nlohmann::json hf_tokenizer_json() const;
+  // A copy with `contents` added as special tokens after the last id, those it has already left out (a stock
+  // Vicuna / LLaMA tokenizer given <image> and <pad>, as transformers' convert_llava_weights_to_hf.py adds them);
+  // <image> and a <pad> added become image_token_id() and pad_id(). Sentencepiece tokenizers only.
+  Tokenizer with_added_tokens(const std::vector<std::string>& contents) const;
+  // Writes this tokenizer's added tokens into the tokenizer files of `dir` (copies of its folder's, or none):
+  // added_tokens.json, tokenizer_config.json's added_tokens_decoder (other keys kept) and, when pad is an added
+  // token, pad_token there and in special_tokens_map.json. So a folder made from a grown tokenizer loads as it.
+  void write_added_tokens(const std::string& dir) const;
   // `content` is a string encode() splits out as one id (an added token, or <s> </s> <unk>).
   bool is_added_token(const std::string& content) const;
   const std::string& source() const { return source_; }  // the tokenizer.model this was loaded from

@@ -186,6 +186,7 @@ LlavaConfig parts_llava_config(const LlavaParts& parts, const std::string& where
     c = LlavaConfig::from_json(top, projector_at);
     projector_at += ".mm_projector_type";
   }
+  if (c.text.vocab_size < parts.min_vocab_size) c.text.vocab_size = (parts.min_vocab_size + 63) / 64 * 64;
   if (c.projector_type != "mlp2x_gelu" && c.projector_type != "linear")
     throw ConfigError(projector_at + ": '" + c.projector_type + "' is not supported (mlp2x_gelu, linear)");
   if (c.image_token_index < 0)
@@ -247,6 +248,15 @@ LoadedLlava load_llava_parts(const LlavaParts& parts, torch::ScalarType dtype, t
                                                clip_unused);
 
   const std::string lm_dir = original ? parts.original : parts.language_model;
+  // a vocabulary grown for <image> and <pad> (min_vocab_size): the folder holds the first rows
+  const int64_t file_vocab = original ? read_json_file(parts.original + "/config.json").value("vocab_size", int64_t(32000))
+                                      : read_language_model_config(parts.language_model).vocab_size;
+  std::vector<WeightEntry*> grown;
+  for (WeightEntry& entry : language)
+    if ((entry.name == kText + "embed_tokens.weight" || entry.name == kHead) && entry.shape[0] > file_vocab) {
+      entry.shape[0] = file_vocab;
+      grown.push_back(&entry);
+    }
   if (original) language.insert(language.end(), projector.begin(), projector.end());
   const TensorStore lm_store = open_part(lm_dir);
   const auto lm_matched = match_checkpoint(
@@ -256,6 +266,14 @@ LoadedLlava load_llava_parts(const LlavaParts& parts, torch::ScalarType dtype, t
 
   load_entries(vision, vision_matched, vision_store, dtype, device);
   load_entries(language, lm_matched, lm_store, dtype, device);
+  for (WeightEntry* entry : grown) {  // pointers into `language` before the projector entries were appended
+    torch::NoGradGuard no_grad;
+    const torch::Tensor rows = entry->target.detach();                      // (file_vocab, hidden)
+    torch::Tensor all = rows.new_empty({loaded.config.text.vocab_size, rows.size(1)});
+    all.narrow(0, 0, file_vocab).copy_(rows);
+    all.narrow(0, file_vocab, all.size(0) - file_vocab).copy_(rows.mean(0, true).expand({all.size(0) - file_vocab, -1}));
+    entry->target.set_data(all);
+  }
   if (!original) {
     // LLaVA builds mm_projector after loading the language model, so it keeps nn.Linear's own initialisation.
     auto& p = loaded.model->multi_modal_projector;

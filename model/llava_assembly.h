@@ -36,6 +36,11 @@ struct LlavaParts {
   nlohmann::json projector_config = nlohmann::json::object();
   int64_t image_token_index = -1;  // the tokenizer's <image>, used unless projector_config gives one
   int64_t pad_token_id = -1;       // the tokenizer's pad, used when the language model's config names none
+  // The tokenizer's size. When the language model has fewer rows (a stock Vicuna / LLaMA given <image> and <pad>),
+  // its vocabulary grows to this rounded up to a multiple of 64, as transformers' convert_llava_weights_to_hf.py
+  // pads it; the new rows of embed_tokens and lm_head are the mean of the old ones (the converter samples around
+  // that mean with 1e-5 of their covariance; the mean alone keeps it deterministic).
+  int64_t min_vocab_size = 0;
 };
 
 // The keys projector_config may hold: mm_projector_type, multimodal_projector_bias, projector_hidden_act,

@@ -92,7 +92,8 @@ std::string chat_template_jinja(Template t) {
 }
 
 void write_processor_files(const std::string& dir, const LlavaConfig& config, const ImageProcessorConfig& images,
-                           Template t, const std::string& tokenizer_dir) {
+                           Template t, const Tokenizer& tokenizer) {
+  const std::string tokenizer_dir = fs::path(tokenizer.source()).parent_path().string();
   json pre = images.to_json();
   // LlavaImageProcessor pads to a square with the mean colour (LLaVA-1.5's expand2square) when do_pad
   pre["image_processor_type"] = "LlavaImageProcessor";
@@ -115,10 +116,12 @@ void write_processor_files(const std::string& dir, const LlavaConfig& config, co
   for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                         "tokenizer.json"})
     if (fs::exists(tokenizer_dir + "/" + f)) fs::copy_file(tokenizer_dir + "/" + f, dir + "/" + f);
+  const Tokenizer source = Tokenizer::load(tokenizer_dir);
+  if (tokenizer.vocab_size() > source.vocab_size()) tokenizer.write_added_tokens(dir);  // grown by build_model
   // transformers 5 reads a llava folder's tokenizer through tokenizer.json (TokenizersBackend): write the one
   // LlamaTokenizer would convert to when the tokenizer folder has none (mole's own tokenizers)
   if (!fs::exists(dir + "/tokenizer.json") && fs::exists(dir + "/tokenizer.model"))
-    write_json_file(dir + "/tokenizer.json", Tokenizer::load(tokenizer_dir).hf_tokenizer_json());
+    write_json_file(dir + "/tokenizer.json", tokenizer.hf_tokenizer_json());
 }
 
 ExportResult export_model(const std::string& path, const std::string& out, bool merge) {
@@ -130,7 +133,6 @@ ExportResult export_model(const std::string& path, const std::string& out, bool 
   if (has_adapter && adapter.kind == AdapterKind::kMole && merge)
     throw ConfigError(path + ": a MoLE adapter routes every token to its own experts and cannot be merged into the "
                              "weights; export without --merge (llava-hf base + mole_adapter/)");
-  const std::string tokenizer_dir = fs::path(m.tokenizer->source()).parent_path().string();
   const std::string tmp = out + ".tmp";
   fs::remove_all(tmp);
   fs::create_directories(tmp);
@@ -156,7 +158,7 @@ ExportResult export_model(const std::string& path, const std::string& out, bool 
       result.form = "llava-hf + mole_adapter";
     }
   }
-  write_processor_files(tmp, m.model->config, m.image_config, m.conversation_template, tokenizer_dir);
+  write_processor_files(tmp, m.model->config, m.image_config, m.conversation_template, *m.tokenizer);
   fs::rename(tmp, out);
   return result;
 }

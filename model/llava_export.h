@@ -27,10 +27,11 @@ namespace mole {
 std::string chat_template_jinja(Template t);
 
 // Writes the processor's files into `dir`: preprocessor_config.json, processor_config.json, chat_template.jinja,
-// and the tokenizer files copied from `tokenizer_dir` (tokenizer.model, tokenizer_config.json,
-// special_tokens_map.json, added_tokens.json, tokenizer.json where they exist).
+// and the tokenizer's files: those of its folder (tokenizer.model, tokenizer_config.json, special_tokens_map.json,
+// added_tokens.json, tokenizer.json where they exist), with the tokens build_model added to a stock tokenizer, and
+// a tokenizer.json made from tokenizer.model when there is none.
 void write_processor_files(const std::string& dir, const LlavaConfig& config, const ImageProcessorConfig& images,
-                           Template t, const std::string& tokenizer_dir);
+                           Template t, const Tokenizer& tokenizer);
 
 struct ExportResult {
   std::string form;    // "llava-hf" | "peft" | "llava-hf + mole_adapter"

@@ -71,6 +71,7 @@ LlavaParts parts_of(const ModelSpec& spec, const Tokenizer& tokenizer) {
   if (spec.projector_config.is_object()) parts.projector_config = spec.projector_config;
   parts.image_token_index = tokenizer.image_token_id();
   parts.pad_token_id = tokenizer.pad_id();
+  parts.min_vocab_size = tokenizer.vocab_size();
   return parts;
 }
 
@@ -86,6 +87,11 @@ TrainedModel build_model(const ModelSpec& spec, torch::Device device, torch::Sca
                       read_json_file(spec.base + "/config.json").value("mm_vision_tower", std::string()) +
                       "'): its vision tower is not inside; give that CLIP folder as model.vision_tower");
   if (from_parts) {
+    // A stock Vicuna / LLaMA tokenizer has no <image>: it gets <image> (and <pad> if it has none) after its
+    // pieces, and the language model the rows for them (LlavaParts::min_vocab_size), as transformers'
+    // convert_llava_weights_to_hf.py does; the same every time the spec is built, so checkpoints agree.
+    if (out.tokenizer->image_token_id() < 0)
+      out.tokenizer = std::make_shared<const Tokenizer>(out.tokenizer->with_added_tokens({"<image>", "<pad>"}));
     out.model = load_llava_parts(parts_of(spec, *out.tokenizer), base_dtype, device, "model").model;
     config = out.model->config;
     // The data marks images with the tokenizer's <image>, the model looks for image_token_index: one id.

@@ -84,6 +84,8 @@ std::string write_final(const TrainConfig& c, const ModelSpec& spec, const Train
     save_llava(tmp, model);
     for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
       if (fs::exists(spec.tokenizer + "/" + f)) fs::copy_file(spec.tokenizer + "/" + f, tmp + "/" + f);
+    // the tokenizer as the model was built with it: <image> and <pad> added to a stock one (build_model)
+    if (built.tokenizer->vocab_size() > Tokenizer::load(spec.tokenizer).vocab_size()) built.tokenizer->write_added_tokens(tmp);
   }
   if (c.stage == Stage::kAlign || (c.stage == Stage::kFinetune && c.model.train_projector)) {
     NamedTensors projector;

@@ -45,13 +45,10 @@ ModelSpec spec_for(const TrainConfig& c) {
                         "of its own; model.vision_tower goes with model.language_model or an original LLaVA base");
   }
   const bool from_parts = !spec.vision_tower.empty();
-  // The tokenizer's <image> is the placeholder the data carries; from parts it must be in the vocabulary.
+  // The tokenizer's <image> is the placeholder the data carries (from parts, build_model adds it to a stock
+  // tokenizer and grows the vocabulary for it).
   std::optional<Tokenizer> tok;
-  if (from_parts || spec.base.empty()) tok = Tokenizer::load(spec.tokenizer);
-  if (from_parts && tok->image_token_id() < 0)
-    throw ConfigError(spec.tokenizer + ": the tokenizer has no <image> token: a LLaVA built from parts needs one, "
-                      "inside the language model's vocabulary (transformers' convert_llava_weights_to_hf.py adds "
-                      "it and resizes the embeddings); give such a tokenizer as model.tokenizer");
+  if (spec.base.empty() && !from_parts) tok = Tokenizer::load(spec.tokenizer);
   if (spec.base.empty() && !from_parts) {
     // The tokenizer decides the vocabulary and the special ids of a model trained from scratch.
     if (tok->image_token_id() < 0) throw ConfigError(spec.tokenizer + ": the tokenizer has no <image> token");

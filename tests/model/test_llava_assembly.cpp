@@ -536,3 +536,48 @@ TEST_CASE("an original LLaVA folder and its CLIP folder compute what transformer
   CHECK(max_abs_diff(real_positions(after, mask), real_positions(theirs, mask)) <= kTol);
   CHECK(max_abs_diff(real_positions(after, mask), real_positions(ours, mask)) > 1e-4);  // the projector trained
 }
+
+TEST_CASE("align from CLIP and a stock LLaMA folder: <image> and <pad> added, the vocabulary grown, transformers agrees",
+          "[reference][model]") {
+  const std::string parts = parts_dir();
+  const json info = read_json_file(parts + "/parts_info.json");
+  const int64_t n_pieces = info["n_pieces"];
+  const std::string run = mole::test::scratch_dir("assembly_stock") + "/run";
+  const json model = {{"vision_tower", parts + "/clip_vision"},
+                      {"language_model", parts + "/llama_stock"},
+                      {"projector_config", {{"vision_feature_layer", -2}}}};
+  const TrainConfig config = TrainConfig::from_json(align_config(run, model), "stock align");
+  const TrainResult result = run_training(config, false);
+  const std::string final_dir = result.final_dir;
+  // as the converter lays them out: <image> and <pad> right after the pieces, the rows padded to 64
+  const LoadedLlava hf = load_llava(final_dir);
+  REQUIRE(final_dir == run + "/final");
+  CHECK(hf.config.image_token_index == n_pieces);
+  CHECK(hf.config.text.pad_token_id == n_pieces + 1);
+  CHECK(hf.config.text.vocab_size == (n_pieces + 2 + 63) / 64 * 64);
+  const Tokenizer grown = Tokenizer::load(final_dir);
+  CHECK(grown.image_token_id() == n_pieces);
+  CHECK(grown.pad_id() == n_pieces + 1);
+  // the stock rows bit for bit, the new ones their mean
+  SafetensorsFile stock(parts + "/llama_stock/model.safetensors"), saved(final_dir + "/model.safetensors");
+  for (const auto& [ours, theirs] : std::vector<std::pair<std::string, std::string>>{
+           {"language_model.model.embed_tokens.weight", "model.embed_tokens.weight"},
+           {"language_model.lm_head.weight", "lm_head.weight"}}) {
+    const torch::Tensor w = saved.tensor(ours), original = stock.tensor(theirs);
+    CHECK(max_abs_diff(w.narrow(0, 0, n_pieces), original) == 0.0);
+    CHECK(max_abs_diff(w[n_pieces], original.mean(0)) < 1e-6);
+  }
+  // transformers runs the folder (its tokenizer's <image> is config.json's) with mole's logits
+  const std::string scratch = fs::path(run).parent_path().string();
+  write_inputs(scratch + "/inputs.safetensors", 16, n_pieces, n_pieces + 1, 28);
+  const auto theirs = transformers_logits(final_dir, scratch + "/inputs.safetensors", scratch + "/hf_logits.safetensors");
+  const auto mask = SafetensorsFile(scratch + "/inputs.safetensors").tensor("attention_mask");
+  LoadedLlava reloaded = load_llava(final_dir);
+  const auto ours = mole_logits(reloaded.model, scratch + "/inputs.safetensors");
+  const double diff = max_abs_diff(real_positions(ours, mask), real_positions(theirs, mask));
+  WARN("align from a stock LLaMA: max abs logits difference mole vs transformers " << diff);
+  CHECK(diff <= kTol);
+  // rebuilding the run (checkpoints, eval) grows the same way
+  TrainedModel rebuilt = load_trained(run);
+  CHECK(max_abs_diff(mole_logits(rebuilt.model, scratch + "/inputs.safetensors"), ours) == 0.0);
+}

@@ -10,6 +10,8 @@ Mode 1, fixtures:
     DIR/clip_model/      CLIPModel.save_pretrained (vision_model.*, text_model.*, visual_projection, text_projection,
                          logit_scale) with the same vision weights; its config.json carries a legacy
                          vision_config_dict whose hidden_act overrides vision_config's, as CLIPConfig reads it
+    DIR/llama_stock/     a LlamaForCausalLM whose vocabulary is the sentencepiece pieces alone, its tokenizer without
+                         <image> or <pad> (a stock Vicuna / LLaMA folder)
     DIR/llama/           LlamaForCausalLM.save_pretrained + a LLaMA-style sentencepiece tokenizer (tokenizer.model,
                          tokenizer_config.json, added_tokens.json with <image> and <pad>, special_tokens_map.json)
     DIR/llava_original/  the original LLaVA repository layout (liuhaotian/llava-v1.5-*): config.json with the LLaMA
@@ -195,10 +197,10 @@ def logits_of(model, inp):
 
 
 def write_parts(out):
-    names = ("clip_vision", "clip_model", "llama", "llava_original", "llava_original_hf")
+    names = ("clip_vision", "clip_model", "llama", "llava_original", "llava_original_hf", "llama_stock")
     for n in names:
         shutil.rmtree(os.path.join(out, n), ignore_errors=True)
-    clip_vision, clip_model, llama, original, original_hf = (os.path.join(out, n) for n in names)
+    clip_vision, clip_model, llama, original, original_hf, llama_stock = (os.path.join(out, n) for n in names)
 
     torch.manual_seed(11)
     vision = redraw(CLIPVisionModel(CLIPVisionConfig(**VISION)).eval(), 11)
@@ -231,6 +233,23 @@ def write_parts(out):
     write_tokenizer(llama)
     lm_keys = set(load_file(f"{llama}/model.safetensors"))
     assert "lm_head.weight" in lm_keys and "model.embed_tokens.weight" in lm_keys, sorted(lm_keys)[:5]
+
+    # A stock LLaMA / Vicuna folder: the vocabulary is the sentencepiece pieces alone, the tokenizer has no <image>
+    # nor <pad> (mole adds them and grows the embeddings, as convert_llava_weights_to_hf.py does).
+    torch.manual_seed(15)
+    stock = redraw(LlamaForCausalLM(LlamaConfig(**{**TEXT, "vocab_size": N_PIECES, "pad_token_id": None})).eval(), 15)
+    stock.save_pretrained(llama_stock, safe_serialization=True)
+    shutil.copy(f"{llama}/tokenizer.model", llama_stock)
+    entry = lambda content: {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                             "single_word": False, "special": True}
+    json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+               "added_tokens_decoder": {str(i): entry(t) for i, t in ((0, "<unk>"), (1, "<s>"), (2, "</s>"))},
+               "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "legacy": True,
+               "clean_up_tokenization_spaces": False, "model_max_length": 512, "padding_side": "right",
+               "sp_model_kwargs": {}}, open(f"{llama_stock}/tokenizer_config.json", "w"), indent=1)
+    json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+              open(f"{llama_stock}/special_tokens_map.json", "w"), indent=1)
+    assert len(LlamaTokenizer.from_pretrained(llama_stock)) == N_PIECES
 
     # The original layout: a LLaVA on these parts with its own trained projector, saved as LLaVA's repository saves
     # it (no vision tower: LLaVA loads that by mm_vision_tower), and as the converter would turn it into llava-hf.
