@@ -214,7 +214,6 @@ TEST_CASE("plain: <image> + caption + newline, only the caption supervised", "[u
 }
 
 TEST_CASE("segment ids equal encoding the whole prompt string", "[unit][language][template]") {
-  const Tokenizer& tok = test::tiny_tokenizer();
   // Awkward texts on purpose: spaces at the edges of answers, empty answers, newlines, digits, unicode,
   // and special-token text inside turns.
   const std::vector<std::vector<Turn>> conversations = {

@@ -43,6 +43,8 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionC
                           LlamaForCausalLM, LlamaTokenizer, LlavaConfig, LlavaForConditionalGeneration)
 
 transformers.logging.set_verbosity_error()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_tiny_llava import redraw  # noqa: E402  (O(1) weights, so that every layer matters)
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
 
@@ -95,23 +97,6 @@ def to_original(key):
         if key.startswith(prefix):
             return original + key[len(prefix):]
     raise KeyError(key)
-
-
-def redraw(model, seed):
-    """As make_tiny_llava.py: std 0.02 leaves every layer near the identity, so a wrong layer could still pass; O(1)
-    weights make each one matter. Norm weights around 1, small biases."""
-    g = torch.Generator().manual_seed(seed)
-    seen = set()
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
-            for name, p in module.named_parameters(recurse=False):
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
-                noise = torch.randn(p.shape, generator=g)
-                p.copy_(1 + 0.1 * noise if (is_norm and name == "weight") else (0.1 if name == "bias" else 0.2) * noise)
-    return model
 
 
 def corpus_lines():

@@ -46,14 +46,13 @@ def make_config(variant):
     return LlavaConfig(vision_config=CLIPVisionConfig(**v), text_config=LlamaConfig(**t), **top)
 
 
-def build_model(cfg, seed):
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    # The transformers init (std 0.02) gives near-zero activations: every layer is almost the identity and a wrong
-    # layer could still pass a tolerance test. Re-draw everything at std 0.2 so activations are O(1) and each weight
-    # matters; norm weights around 1 and small biases keep the network well conditioned.
+def redraw(model, seed):
+    """The transformers init (std 0.02) gives near-zero activations: every layer is almost the identity and a wrong
+    layer could still pass a tolerance test. Re-draws everything at std 0.2 so activations are O(1) and each weight
+    matters; norm weights around 1 and small biases keep the network well conditioned. Tied parameters (variant:
+    lm_head == embed_tokens) are drawn once. Also used by make_llava_parts.py."""
     g = torch.Generator().manual_seed(seed)
-    seen = set()  # tied parameters (variant: lm_head == embed_tokens) are drawn once
+    seen = set()
     with torch.no_grad():
         for module in model.modules():
             is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
@@ -64,6 +63,12 @@ def build_model(cfg, seed):
                 noise = torch.randn(p.shape, generator=g)
                 p.copy_(1 + 0.1 * noise if (is_norm and name == "weight") else (0.1 if name == "bias" else 0.2) * noise)
     return model
+
+
+def build_model(cfg, seed):
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    return redraw(model, seed)
 
 
 def layout_of(keys):
