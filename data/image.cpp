@@ -112,6 +112,8 @@ ImageProcessorConfig ImageProcessorConfig::from_json(const json& j, const std::s
       throw ConfigError(where + ": image_aspect_ratio '" + mode + "' is not supported (\"pad\" or \"square\")");
     c.pad_to_square = mode == "pad";
   }
+  // LlavaImageProcessor's do_pad is the same padding (what mole export writes)
+  c.pad_to_square = field_or<bool>(j, "do_pad", c.pad_to_square, where);
   c.pad_to_square = field_or<bool>(j, "pad_to_square", c.pad_to_square, where);
   return c;
 }

@@ -97,8 +97,8 @@ struct ImageProcessorConfig {
   std::array<double, 3> image_std = {0.26862954, 0.26130258, 0.27577711};
   Resample resample = Resample::kBicubic;
   /// LLaVA's image_aspect_ratio == "pad": expand2square onto pad_color() before the processor. Not part of
-  /// preprocessor_config.json (LLaVA keeps it in the model config); read from "pad_to_square" or
-  /// "image_aspect_ratio" ("pad" / "square") when a file has them.
+  /// preprocessor_config.json (LLaVA keeps it in the model config); read from "pad_to_square",
+  /// "image_aspect_ratio" ("pad" / "square") or LlavaImageProcessor's "do_pad" when a file has them.
   bool pad_to_square = true;
 
   // LLaVA's background: tuple(int(x * 255) for x in image_mean) = (122, 116, 104) for CLIP.

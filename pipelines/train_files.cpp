@@ -8,6 +8,7 @@
 #include "core/json_config.h"
 #include "core/safetensors.h"
 #include "model/adapters.h"
+#include "model/llava_export.h"
 #include "model/llava_loader.h"
 
 namespace mole {
@@ -82,10 +83,9 @@ std::string write_final(const TrainConfig& c, const ModelSpec& spec, const Train
   if (c.stage == Stage::kPretrain || (c.stage == Stage::kAlign && from_parts)) {
     // a whole llava-hf folder: transformers and `mole train` (as a base) read it as it is
     save_llava(tmp, model);
-    for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
-      if (fs::exists(spec.tokenizer + "/" + f)) fs::copy_file(spec.tokenizer + "/" + f, tmp + "/" + f);
-    // the tokenizer as the model was built with it: <image> and <pad> added to a stock one (build_model)
-    if (built.tokenizer->vocab_size() > Tokenizer::load(spec.tokenizer).vocab_size()) built.tokenizer->write_added_tokens(tmp);
+    // the tokenizer as the model was built with it (<image> and <pad> added to a stock one), and what
+    // LlavaProcessor.from_pretrained needs beside it: processor_config.json, chat_template.jinja, tokenizer.json
+    write_processor_files(tmp, model->config, built.image_config, c.data.conversation_template, *built.tokenizer);
   }
   if (c.stage == Stage::kAlign || (c.stage == Stage::kFinetune && c.model.train_projector)) {
     NamedTensors projector;

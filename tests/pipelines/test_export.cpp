@@ -98,6 +98,16 @@ TEST_CASE("mole export: transformers and PEFT load the LoRA run and answer with 
   REQUIRE(rc == 0);
   const json ref = read_json_file(dir + "/ref.json");
   INFO("transformers " << ref["transformers"].get<std::string>());
+  // a pretraining run's final/ is a llava-hf folder LlavaProcessor loads too (processor_config.json, chat template)
+  CHECK(fs::exists(s.base + "/processor_config.json"));
+  const int rc_base = run_command(std::string(MOLE_PYTHON) + " " + source_dir() + "/tests/reference/check_export.py --cases " +
+                                      dir + "/cases.json --out " + dir + "/ref_base.json --llava " + s.base,
+                                  &out);
+  INFO(out);
+  REQUIRE(rc_base == 0);
+  const json ref_base = read_json_file(dir + "/ref_base.json");
+  CHECK(ref_base["llava"]["generated"][0].get<Ids>() ==
+        mole_generate("--model " + s.base + " --image " + images[0] + " --prompt '" + question + "'"));
   // the tokenizer.json mole writes is the one transformers converts tokenizer.model to
   CHECK(ref["tokenizer_json_differs"] == json::array());
   const TrainedModel m = load_trained(dir + "/run");
