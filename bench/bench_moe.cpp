@@ -5,15 +5,19 @@
 // activations is counted too. FFN-level MoLE runs twice: its default (the fused autograd function) and the same
 // computation in plain autograd ops ("sparse"). Last line: ratio_mole_vs_lora=X ratio_naive_vs_mole=Y (from the
 // first shape). All cores by default; the 7B shape at 256 tokens, enough rows that its GEMMs are compute-bound.
+// With --contrastive C, one more variant: FFN-level MoLE inside a loss sink with the contrastive balance loss on
+// (coefficient C), its term added to the step's loss, to read what that loss costs beside the plain MoLE line.
 //
 //   build/bench_moe                          LLaMA-7B FFN (4096 x 11008, rank 16) and the tiny demo shape
 //   build/bench_moe --hidden 512 --ffn 1408 --tokens 256 --rank 8 --experts 8 --top-k 2 --reps 5
+//   build/bench_moe --contrastive 0.01
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +30,7 @@
 #include "moe/lora.h"
 #include "moe/mole_ffn.h"
 #include "moe/mole_linear.h"
+#include "moe/routing_context.h"
 
 using namespace mole;
 
@@ -60,6 +65,7 @@ struct Result {
 };
 
 std::string g_trace_prefix;  // --trace: one profiled step per variant, as a chrome trace (bench/trace_ops.py reads it)
+double g_contrastive = 0.0;  // --contrastive: the coefficient of the extra variant; 0 = no such variant
 
 std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
   torch::manual_seed(0);
@@ -71,15 +77,22 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
   auto x = torch::randn({s.tokens, s.hidden}) * 0.5;
 
   std::vector<Result> results;
-  auto bench = [&](const std::string& variant, const std::function<void(LlamaMlp&)>& attach) {
+  // with_losses: inside a loss sink, the layers' balance losses added to the step's loss (as the trainer does)
+  auto bench = [&](const std::string& variant, const std::function<void(LlamaMlp&)>& attach, bool with_losses = false) {
     LlamaMlp mlp(text);
     for (auto& p : mlp->parameters()) p.set_requires_grad(false);  // frozen base
     attach(mlp);
     auto params = mlp->parameters();
+    LayerLosses losses;
     auto step = [&] {
       auto input = x.clone().requires_grad_(true);
+      losses.clear();
+      std::optional<RoutingSinkScope> sink;
+      if (with_losses) sink.emplace(RoutingSinks{nullptr, &losses});
       auto y = mlp(input);
-      y.square().mean().backward();
+      auto loss = y.square().mean();
+      if (!losses.empty()) loss = loss + sum_over_layers(losses).total;
+      loss.backward();
       for (auto& p : params)
         if (p.grad().defined()) p.mutable_grad().reset();
     };
@@ -126,6 +139,15 @@ std::vector<Result> run_shape(const Shape& s, int reps, bool with_naive) {
       (*lin)->attach(a);
     }
   });
+  if (g_contrastive != 0.0)
+    bench("MoLE FFN + contrastive", [&](LlamaMlp& mlp) {
+      BalanceLossOptions losses;
+      losses.contrastive = g_contrastive;
+      auto a = std::make_shared<MoleFfnImpl>(
+          MoleFfnOptions(s.hidden, s.ffn, MoleOptions(mole).losses(losses)).layer_name("bench.contrastive"));
+      randomize(*a);
+      mlp->attach(a);
+    }, /*with_losses=*/true);
   if (with_naive)
     bench("naive loop", [&](LlamaMlp& mlp) {
       auto a = std::make_shared<MoleFfnImpl>(
@@ -166,9 +188,10 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = static_cast<int>(next());
     else if (a == "--threads") torch::set_num_threads(static_cast<int>(next()));
     else if (a == "--trace" && i + 1 < argc) g_trace_prefix = argv[++i];
+    else if (a == "--contrastive" && i + 1 < argc) g_contrastive = std::atof(argv[++i]);
     else {
       std::fprintf(stderr, "usage: bench_moe [--hidden D] [--ffn F] [--tokens N] [--rank R] [--experts E] "
-                           "[--top-k K] [--reps N] [--threads N] [--trace PREFIX]\n");
+                           "[--top-k K] [--reps N] [--threads N] [--trace PREFIX] [--contrastive C]\n");
       return a == "--help" ? 0 : 2;
     }
   }

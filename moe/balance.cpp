@@ -1,5 +1,6 @@
 #include "moe/balance.h"
 
+#include <cmath>
 #include <functional>
 #include <limits>
 
@@ -7,18 +8,22 @@
 
 #include "core/json_config.h"
 
-// N=tokens E=experts K=top-k G=groups of tokens
+// N=tokens E=experts K=top-k P=width of an expert's projection G=groups of tokens
 namespace mole {
 
 void BalanceLossOptions::validate(const FieldPath& at) const {
   const std::pair<const char*, double> coefficients[] = {
-      {"switch_aux", switch_aux}, {"importance", importance}, {"load", load}, {"z_loss", z_loss}, {"sq_dev", sq_dev}};
+      {"switch_aux", switch_aux}, {"importance", importance}, {"load", load},
+      {"z_loss", z_loss},         {"sq_dev", sq_dev},         {"contrastive", contrastive}};
   for (const auto& [key, c] : coefficients)
     if (!(c >= 0.0)) at.fail(key, "must be a coefficient >= 0, got " + std::to_string(c));
+  if (!(contrastive_tau > 0.0 && std::isfinite(contrastive_tau)))
+    at.fail("contrastive_tau", "must be a temperature > 0, got " + std::to_string(contrastive_tau));
 }
 
 bool BalanceLossOptions::any() const {
-  return switch_aux != 0.0 || importance != 0.0 || load != 0.0 || z_loss != 0.0 || sq_dev != 0.0;
+  return switch_aux != 0.0 || importance != 0.0 || load != 0.0 || z_loss != 0.0 || sq_dev != 0.0 ||
+         contrastive != 0.0;
 }
 
 namespace {
@@ -136,6 +141,72 @@ torch::Tensor sq_dev_groups(const Routing& r, const Groups& g) {
   return dev.pow(2).sum(1) * g.has_tokens;
 }
 
+// The contrastive loss of every group (G), and 1 where some token of the group contributed to it (G): under
+// top-1 a token contributes only when another token of its group shares its expert.
+struct GroupTerm {
+  torch::Tensor loss, present;
+};
+
+GroupTerm contrastive_groups(const Routing& r, const Groups& g, const torch::Tensor& projections, double tau) {
+  namespace F = torch::nn::functional;
+  const int64_t n = r.logits.size(0), e = r.logits.size(1);
+  check_matrix(r.topk_index, "topk_index", n, r.topk_index.defined() ? r.topk_index.size(1) : 0);
+  TORCH_CHECK(projections.defined() && projections.dim() == 3 && projections.size(0) == n && projections.size(1) == e,
+              "balance loss contrastive: projections should be (", n, ", ", e, ", P), got ",
+              projections.defined() ? projections.sizes() : torch::IntArrayRef{});
+  TORCH_CHECK(tau > 0.0 && std::isfinite(tau), "balance loss contrastive: tau must be > 0, got ", tau);
+  const int64_t k = r.topk_index.size(1), p = projections.size(2);
+  const double inf = std::numeric_limits<double>::infinity();
+  auto device = r.logits.device();
+  auto experts = torch::arange(e, r.topk_index.options().device(device));  // (E)
+  // o_ti = normalise(A_i x_t); rows outside every group become 0 first, so NaN on padding cannot leak.
+  auto o = torch::where(g.any_token.view({n, 1, 1}), projections.to(device, g.dtype), 0.0);  // (N, E, P)
+  o = F::normalize(o, F::NormalizeFuncOptions().dim(2));                                     // (N, E, P)
+  // The chosen experts; rows outside every group get 0..K-1, distinct and in range, and are dropped at the end.
+  auto index = torch::where(g.any_token.unsqueeze(1), r.topk_index.to(device),
+                            torch::arange(k, experts.options()).unsqueeze(0));  // (N, K)
+  auto chosen = (index.unsqueeze(2) == experts).any(1);                          // (N, E)
+  // Who may be a negative: the experts the token may use and its group considers; its chosen ones always
+  // stand in the denominator. Each token is in at most one group, so its groups' experts are one row.
+  auto candidate = r.allowed.defined() ? r.allowed.to(device).to(torch::kBool) : torch::ones_like(chosen);
+  if (r.allowed.defined()) check_matrix(r.allowed, "allowed", n, e);
+  if (!g.all_experts) candidate = candidate & (g.token_w.t().matmul(g.expert_w) > 0.5);  // (N, E)
+  candidate = candidate | chosen;
+
+  torch::Tensor per_token, contributes;  // (N) the loss of each token; (G, N) the tokens each group averages
+  if (k >= 2) {  // the survey's form: the other chosen experts are the positives
+    auto anchor = o.gather(1, index.unsqueeze(2).expand({n, k, p}));                 // (N, K, P) o_ti, i chosen
+    auto sim = torch::bmm(anchor, o.transpose(1, 2)) / tau;                          // (N, K, E) sim(o_ti, o_tm)
+    auto negative = candidate.unsqueeze(1) & (index.unsqueeze(2) != experts);        // (N, K, E) m != i
+    auto log_denominator = torch::logsumexp(sim.masked_fill(negative.logical_not(), -inf), 2);  // (N, K)
+    auto pair = sim.gather(2, index.unsqueeze(1).expand({n, k, k}));                 // (N, K, K) sim(o_ti, o_tj)
+    // mean over ordered pairs i != j of -log(exp(sim_ij) / sum_{m != i} exp(sim_im)) = lse_i - sim_ij
+    auto pair_sim = pair.sum({1, 2}) - pair.diagonal(0, 1, 2).sum(1);               // (N) sum over i != j
+    per_token = (double(k - 1) * log_denominator.sum(1) - pair_sim) / double(k * (k - 1));
+    contributes = g.token_w;
+  } else {  // MoELoRA's form: the same expert on the other tokens of the group is the positive, via its centroid
+    auto top1 = index.select(1, 0);                                                    // (N)
+    auto anchor = o.gather(1, top1.view({n, 1, 1}).expand({n, 1, p})).squeeze(1);     // (N, P) o_ti
+    // each token's (group, top-1 expert) cell as a one-hot row: (N, G*E)
+    auto expert_onehot = (top1.unsqueeze(1) == experts).to(g.dtype);                   // (N, E)
+    auto cell = (g.token_w.t().unsqueeze(2) * expert_onehot.unsqueeze(1)).reshape({n, -1});  // (N, G*E)
+    auto cell_sum = cell.t().matmul(anchor);                                           // (G*E, P) sum of o_si
+    auto others = cell.matmul(cell_sum) - anchor;            // (N, P) sum over the other tokens s of t's cell
+    auto n_others = cell.matmul(cell.sum(0)) - 1.0;          // (N) -1 outside every group
+    auto positive = F::normalize(others, F::NormalizeFuncOptions().dim(1));            // (N, P) p_i^(-t)
+    auto pos_sim = (anchor * positive).sum(1) / tau;                                   // (N) sim(o_ti, p)
+    auto neg_sim = torch::bmm(o, anchor.unsqueeze(2)).squeeze(2) / tau;                // (N, E) sim(o_ti, o_tm)
+    auto negative = candidate & (top1.unsqueeze(1) != experts);                        // (N, E) m != i
+    auto logits = torch::cat({pos_sim.unsqueeze(1), neg_sim.masked_fill(negative.logical_not(), -inf)}, 1);
+    // -log( exp(sim(o_ti, p)) / (exp(sim(o_ti, p)) + sum_{m != i} exp(sim(o_ti, o_tm))) )
+    per_token = torch::logsumexp(logits, 1) - pos_sim;                                 // (N)
+    contributes = g.token_w * (n_others > 0.5).to(g.dtype).unsqueeze(0);               // (G, N)
+  }
+  per_token = torch::where(g.any_token, per_token, 0.0);  // placeholder rows out, with no gradient
+  auto weight = contributes.sum(1);                       // (G) tokens that contribute
+  return {contributes.matmul(per_token) / weight.clamp_min(1.0), (weight > 0).to(g.dtype)};
+}
+
 // One group from the public single-mask form; mask / experts undefined = all.
 Groups single_group(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts) {
   TORCH_CHECK(r.logits.defined() && r.logits.dim() == 2, "balance loss: routing.logits should be (N, E)");
@@ -176,8 +247,13 @@ torch::Tensor sq_dev_loss(const Routing& r, const torch::Tensor& mask, const tor
   return sq_dev_groups(r, single_group(r, mask, experts)).squeeze(0);
 }
 
+torch::Tensor contrastive_loss(const Routing& r, const torch::Tensor& projections, const torch::Tensor& mask,
+                               double tau, const torch::Tensor& experts) {
+  return contrastive_groups(r, single_group(r, mask, experts), projections, tau).loss.squeeze(0);
+}
+
 BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, const torch::Tensor& valid,
-                             const BalanceLossOptions& options) {
+                             const BalanceLossOptions& options, const torch::Tensor& projections) {
   TORCH_CHECK(r.logits.defined() && r.logits.dim() == 2, "balance_losses: routing.logits should be (N, E)");
   int64_t n = r.logits.size(0), e = r.logits.size(1);
   auto device = r.logits.device();
@@ -220,6 +296,15 @@ BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, co
   add("load", options.load, [&] { return load_groups(r, g); });
   add("z_loss", options.z_loss, [&] { return z_loss_groups(r, g); });
   add("sq_dev", options.sq_dev, [&] { return sq_dev_groups(r, g); });
+  if (options.contrastive != 0.0) {
+    TORCH_CHECK(projections.defined(), "balance_losses: the contrastive loss is on (coefficient ",
+                options.contrastive, ") but no expert projections were given");
+    // The mean over the groups where some token has a positive (under top-1 a present modality may have none).
+    GroupTerm c = contrastive_groups(r, g, projections, options.contrastive_tau);
+    auto term = (c.loss * c.present).sum() / c.present.sum().clamp_min(1.0);
+    out.terms["contrastive"] = term;
+    out.total = out.total + options.contrastive * term;
+  }
   return out;
 }
 

@@ -2,13 +2,15 @@
 // coefficient, summed over layers by the trainer and logged apart.
 // Sources: Switch Transformers (switch_aux, eq. 4), Shazeer et al. 2017 (importance and load as CV^2, written
 // as the cv_squared of the PyTorch ports of the sparsely-gated MoE), ST-MoE (z_loss), and the plain
-// squared-deviation form (sq_dev).
+// squared-deviation form (sq_dev), and the contrastive expert loss (contrastive: the MoE fine-tuning survey's
+// InfoNCE over a token's selected experts for top-k >= 2; MoELoRA, arXiv 2402.12851, for top-1).
 //
 // Every loss works on the tokens of `mask` and the experts of `experts`. Neither needs a host sync: the token
 // and expert selections are 0/1 weights, counts stay on the device, and no valid tokens gives exactly 0.
 // Computed in float32 (float64 when the routing is float64, which the tests use for gradient checks).
 //
-// N=tokens E=experts K=top-k G=groups of tokens (modalities with per_modality, else 1)
+// N=tokens E=experts K=top-k P=width of an expert's projection G=groups of tokens (modalities with per_modality,
+// else 1)
 #pragma once
 
 #include <map>
@@ -25,7 +27,13 @@
 namespace mole {
 
 struct BalanceLossOptions {  // coefficients; 0 = off
-  double switch_aux = 0.0, importance = 0.0, load = 0.0, z_loss = 0.0, sq_dev = 0.0;
+  double switch_aux = 0.0, importance = 0.0, load = 0.0, z_loss = 0.0, sq_dev = 0.0, contrastive = 0.0;
+  // Temperature of the contrastive loss's cosines. 0.1, inside the range contrastive learning settled on (SimCLR
+  // 0.1-0.5, MoCo 0.07-0.2): experts initialised independently give cosines of spread ~1/sqrt(P) (0.18 at P = 32),
+  // which 0.1 turns into logits ~2 apart, so the softmax over experts is neither flat (no signal, large tau) nor
+  // one-hot on the hardest negative (saturated, small tau); and |sim| <= 1/tau = 10 stays far from float32's exp
+  // range.
+  double contrastive_tau = 0.1;
   bool switch_use_topk = false;  // f_i from all top-k slots (count / (T*K)) instead of top-1 only
   bool per_modality = false;     // each loss over each modality's tokens and that modality's allowed experts,
                                  // averaged over the modalities present
@@ -38,10 +46,12 @@ struct BalanceLossOptions {  // coefficients; 0 = off
     v("load", self.load, "CV^2 of the tokens per expert (a count: no gradient)");
     v("z_loss", self.z_loss, "ST-MoE router z-loss: mean (logsumexp z)^2");
     v("sq_dev", self.sq_dev, "sum_i (1/n - mean gate_i)^2");
+    v("contrastive", self.contrastive, "InfoNCE over experts on their normalised A x (docs/MOE.md)");
+    v("contrastive_tau", self.contrastive_tau, "temperature of the contrastive loss's cosines (> 0)");
     v("switch_use_topk", self.switch_use_topk, "switch_aux counts every top-k slot, not only the top-1");
     v("per_modality", self.per_modality, "each loss per modality over its allowed experts, then averaged");
   }
-  void validate(const FieldPath& at) const;  // coefficients >= 0
+  void validate(const FieldPath& at) const;  // coefficients >= 0, contrastive_tau > 0
   bool any() const;  // some coefficient is nonzero
 };
 
@@ -62,10 +72,23 @@ torch::Tensor load_loss(const Routing& r, const torch::Tensor& mask, const torch
 torch::Tensor z_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
 // sq_dev:     sum_i (1/n - mean_t gates_ti)^2.
 torch::Tensor sq_dev_loss(const Routing& r, const torch::Tensor& mask, const torch::Tensor& experts = {});
+// contrastive: an InfoNCE over experts on o_ti = normalise(projections_ti), projections (N, E, P) the rank-space
+//             projection A_i x_t of every expert for every token, sim(a, b) = cos(a, b) / tau. The negatives of
+//             token t are the experts m it may use (routing.allowed, and among `experts`), except the anchor;
+//             the experts it selected are always in the denominator.
+//   top_k >= 2: mean over tokens of the mean over the ordered pairs i != j of its selected experts of
+//             -log( exp(sim(o_ti, o_tj)) / sum_{m != i} exp(sim(o_ti, o_tm)) )   (the MoE fine-tuning survey).
+//   top_k == 1: with i the top-1 of t and p = normalise(sum of o_si over the other tokens s considered whose
+//             top-1 is i), -log( exp(sim(o_ti, p)) / (exp(sim(o_ti, p)) + sum_{m != i} exp(sim(o_ti, o_tm))) ),
+//             the mean over the tokens that have such a p (MoELoRA: the same expert on other tokens is the
+//             positive, other experts on the same token the negatives; one centroid keeps it linear in N).
+// The gradient reaches the projections (so A and x), never the routing's choices, which are indices.
+torch::Tensor contrastive_loss(const Routing& r, const torch::Tensor& projections, const torch::Tensor& mask,
+                               double tau, const torch::Tensor& experts = {});
 
 struct BalanceLosses {
   // Unweighted scalar (float32) of every loss whose coefficient is nonzero:
-  // "switch_aux", "importance", "load", "z_loss", "sq_dev".
+  // "switch_aux", "importance", "load", "z_loss", "sq_dev", "contrastive".
   std::map<std::string, torch::Tensor> terms;
   torch::Tensor total;  // sum of coefficient * term; a 0 scalar when none is on
 };
@@ -76,8 +99,11 @@ struct BalanceLosses {
 // tokens valid & modality == m and the experts in the `allowed` row of the first such token (tokens of one
 // modality share their allowed row under every routing mode); each term is the mean over the modalities
 // present. Tokens whose modality is outside [0, kMaxModalities) belong to no modality and count in no term.
+// projections (N, E, P): what contrastive_loss reads; needed only when options.contrastive is nonzero. Its
+// per-modality form takes the centroids (top-1) within each modality, and its mean is over the modalities with a
+// token that has a positive.
 BalanceLosses balance_losses(const Routing& r, const torch::Tensor& modality, const torch::Tensor& valid,
-                             const BalanceLossOptions& options);
+                             const BalanceLossOptions& options, const torch::Tensor& projections = {});
 
 // The losses of every MoLE layer of one forward (as a RoutingContext collects them), summed over layers: each
 // term apart (for the log) and the weighted total (for the loss). Empty input gives an empty sum.

@@ -121,12 +121,20 @@ torch::Tensor MoleFfnImpl::mixture(const torch::Tensor& x, const GatedFfnBase& b
   return y;
 }
 
+torch::Tensor MoleFfnImpl::expert_projections(const torch::Tensor& x) {
+  const int64_t n = x.size(0), e = options.mole().n_experts(), r = options.mole().rank(), d = options.hidden();
+  // Without dropout: the loss is about the experts' subspaces, not one dropout draw.
+  auto a = torch::cat({gate_A, up_A}, 1).reshape({e * 2 * r, d});        // (E*2R, D) [gate_A_i; up_A_i] per expert
+  return torch::matmul(x.to(a.scalar_type()), a.t()).view({n, e, 2 * r});  // (N, E, 2R)
+}
+
 torch::Tensor MoleFfnImpl::forward(const torch::Tensor& x, const GatedFfnBase& base) {
   TORCH_CHECK(x.size(-1) == options.hidden(), "MoLE FFN ", options.layer_name(), ": expected inputs of size ",
               options.hidden(), ", got ", x.sizes());
   auto flat = x.reshape({-1, options.hidden()});  // (N, D)
   const MoleOptions& mole = options.mole();
-  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
+  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses(),
+                                     [&] { return expert_projections(flat); });
   Dispatch dispatch = mole.dispatch() == Dispatch::kAuto ? Dispatch::kFused : mole.dispatch();
   return mixture(flat, base, routing, dispatch).to(x.scalar_type()).view(x.sizes());
 }

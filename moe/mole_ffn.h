@@ -42,6 +42,9 @@ class MoleFfnImpl : public FfnAdapter {
   // For flattened tokens with a given routing and dispatch (used by forward and by tests). (N, D) -> (N, D)
   torch::Tensor mixture(const torch::Tensor& x, const GatedFfnBase& base, const Routing& routing, Dispatch dispatch);
   double scale() const { return lora_scale(options.mole().alpha(), options.mole().rank(), options.mole().rslora()); }
+  // What the contrastive loss compares: every expert's [gate_A_i x; up_A_i x] (both act on x), one GEMM over
+  // all experts. (N, D) -> (N, E, 2R)
+  torch::Tensor expert_projections(const torch::Tensor& x);
 
   MoleFfnOptions options;
   Router router = nullptr;

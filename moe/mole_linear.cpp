@@ -68,6 +68,14 @@ torch::Tensor MoleLinearImpl::routed_delta(const torch::Tensor& x, const Routing
   return {};
 }
 
+torch::Tensor MoleLinearImpl::expert_projections(const torch::Tensor& x) {
+  const int64_t n = x.size(0), e = options.mole().n_experts(), r = options.mole().rank();
+  // Without dropout: the loss is about the experts' subspaces, not one dropout draw (the fused path draws its
+  // mask inside its own function).
+  auto a = lora_A.reshape({e * r, options.in_features()});            // (E*R, I)
+  return torch::matmul(x.to(a.scalar_type()), a.t()).view({n, e, r});  // (N, E, R)
+}
+
 torch::Tensor MoleLinearImpl::forward_with_base(LinearImpl& base, const torch::Tensor& x) {
   const MoleOptions& mole = options.mole();
   const int64_t e = mole.n_experts(), r = mole.rank(), in_features = options.in_features();
@@ -79,7 +87,8 @@ torch::Tensor MoleLinearImpl::forward_with_base(LinearImpl& base, const torch::T
               ", got ", x.sizes());
   auto shape = x.sizes().vec();
   auto flat = x.reshape({-1, in_features});  // (N, I)
-  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
+  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses(),
+                                     [&] { return expert_projections(flat); });
   auto b_all = lora_B.permute({1, 0, 2}).reshape({options.out_features(), e * r});  // (O, E*R)
   auto y = fused_lora_linear(base, flat, lora_A.reshape({e * r, in_features}), b_all, routing.gates, scale(),
                              dropout->is_training() ? dropout->p : 0.0);  // (N, O)
@@ -95,7 +104,8 @@ torch::Tensor MoleLinearImpl::delta(const torch::Tensor& x) {
               ", got ", x.sizes());
   auto shape = x.sizes().vec();
   auto flat = x.reshape({-1, in_features});  // (N, I)
-  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses());
+  Routing routing = route_and_record(*router, flat, options.layer_name(), mole.losses(),
+                                     [&] { return expert_projections(flat); });
   // dense materialises (N, E * R): the per-token intermediate is the rank
   auto y = routed_delta(dropout(flat), routing, resolve_dispatch(mole.dispatch(), mole.n_experts(), mole.rank()));
   if (shared) y = y + shared->delta(flat).to(y.scalar_type());

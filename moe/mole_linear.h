@@ -38,6 +38,8 @@ class MoleLinearImpl : public LinearAdapter {
   // The routed delta for flattened tokens with a given routing and dispatch (used by delta and by tests).
   torch::Tensor routed_delta(const torch::Tensor& x, const Routing& routing, Dispatch dispatch);  // (N, I) -> (N, O)
   double scale() const { return lora_scale(options.mole().alpha(), options.mole().rank(), options.mole().rslora()); }
+  // What the contrastive loss compares: every expert's A_i x, one GEMM over all experts. (N, I) -> (N, E, R)
+  torch::Tensor expert_projections(const torch::Tensor& x);
 
   MoleLinearOptions options;
   Router router = nullptr;

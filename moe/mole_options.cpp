@@ -36,13 +36,21 @@ void MoleOptions::validate(const FieldPath& at) const {
 }
 
 Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::string& layer_name,
-                         const BalanceLossOptions& losses) {
+                         const BalanceLossOptions& losses,
+                         const std::function<torch::Tensor()>& projections) {
   auto [modality, valid] = current_modality(x.size(0), x.device());
   Routing routing = router.forward(x, modality);
   if (const RoutingSinks* sinks = RoutingSinkScope::current()) {
     if (sinks->stats) sinks->stats->record(layer_name, routing, modality, valid, current_phase());
-    if (sinks->losses && losses.any())
-      sinks->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses));
+    if (sinks->losses && losses.any()) {
+      torch::Tensor expert_projections;  // (N, E, P), only for the contrastive loss
+      if (losses.contrastive != 0.0) {
+        TORCH_CHECK(projections, "MoLE ", layer_name, ": the contrastive loss is on but this layer gives no expert "
+                    "projections");
+        expert_projections = projections();
+      }
+      sinks->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses, expert_projections));
+    }
     if (sinks->top1) (*sinks->top1)[layer_name] = routing.topk_index.select(1, 0).detach().cpu();
   }
   return routing;

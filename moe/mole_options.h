@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -71,8 +72,11 @@ class RouterImpl;
 
 // Routes the flattened tokens x (N, D) of the layer `layer_name` with the modality of the current RoutingScope,
 // and hands the decision to the sinks of the current RoutingSinkScope (statistics, balance losses, top-1).
+// projections gives the layer's (N, E, P) expert projections A_i x for the contrastive loss; it is called only
+// when that loss is on and a loss sink is open, so it costs nothing otherwise.
 Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::string& layer_name,
-                         const BalanceLossOptions& losses);
+                         const BalanceLossOptions& losses,
+                         const std::function<torch::Tensor()>& projections = {});
 
 // Tokens of a routing grouped by expert: each (token, slot) assignment once, sorted by expert.
 struct ExpertGroups {
