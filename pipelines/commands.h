@@ -18,5 +18,6 @@ int cmd_export(int argc, char** argv);  // mole export --model RUN --out DIR [--
 int cmd_generate(int argc, char** argv);  // mole generate --model M --image IMG --prompt "..."
 int cmd_routes(int argc, char** argv);  // mole routes --model M --data FILE --images DIR --out DIR
 int cmd_eval_vqa(int argc, char** argv);  // mole eval-vqa --model M --questions Q --images DIR --out DIR
+int cmd_compare(int argc, char** argv);  // mole compare --config compare.json
 
 }  // namespace mole

@@ -25,6 +25,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"compare", mole::cmd_compare, "train configs x seeds on the same data and report means, intervals, paired differences"},
     {"demo", mole::cmd_demo, "the whole pipeline on self-made data: pretrain, align, LoRA vs MoLE, eval, routes"},
     {"export", mole::cmd_export, "export a trained model for transformers / PEFT (llava-hf, PEFT adapter)"},
     {"generate", mole::cmd_generate, "answer a question about an image (or read questions from stdin)"},

@@ -25,10 +25,16 @@ cv::Mat draw_lines(const LinePlot& plot) {
     if (ser.x.size() != ser.y.size())
       fail(what, "series '" + ser.name + "' has " + std::to_string(ser.x.size()) + " x values and " +
                      std::to_string(ser.y.size()) + " y values");
+    const bool band = !ser.lo.empty() || !ser.hi.empty();
+    if (band && (ser.lo.size() != ser.x.size() || ser.hi.size() != ser.x.size()))
+      fail(what, "series '" + ser.name + "' has a band of " + std::to_string(ser.lo.size()) + " / " +
+                     std::to_string(ser.hi.size()) + " values for " + std::to_string(ser.x.size()) + " points");
     for (size_t i = 0; i < ser.x.size(); ++i) {
       if (!std::isfinite(ser.x[i]) || !std::isfinite(ser.y[i])) continue;
       x0 = std::min(x0, ser.x[i]), x1 = std::max(x1, ser.x[i]);
       y0 = std::min(y0, ser.y[i]), y1 = std::max(y1, ser.y[i]);
+      if (band && std::isfinite(ser.lo[i]) && std::isfinite(ser.hi[i]))
+        y0 = std::min(y0, ser.lo[i]), y1 = std::max(y1, ser.hi[i]);
     }
     names.push_back(ser.name);
     colors.push_back(ser.color[0] < 0 ? category_color(int(s)) : ser.color);
@@ -69,6 +75,23 @@ cv::Mat draw_lines(const LinePlot& plot) {
                      area.y + area.height - int(std::lround((y - y0) / (y1 - y0) * area.height)));
   };
   const cv::Rect frame(area.x, area.y, area.width + 1, area.height + 1);
+  // Bands first, under every line: each series' area between lo and hi, blended at 25% over the background.
+  for (size_t s = 0; s < plot.series.size(); ++s) {
+    const Series& ser = plot.series[s];
+    if (ser.lo.empty()) continue;
+    cv::Mat layer = img.clone();
+    for (size_t i = 0; i + 1 < ser.x.size(); ++i) {
+      const size_t j = i + 1;
+      if (!std::isfinite(ser.x[i]) || !std::isfinite(ser.x[j]) || !std::isfinite(ser.lo[i]) ||
+          !std::isfinite(ser.hi[i]) || !std::isfinite(ser.lo[j]) || !std::isfinite(ser.hi[j]))
+        continue;
+      std::vector<cv::Point> quad = {to_px(ser.x[i], ser.lo[i]), to_px(ser.x[j], ser.lo[j]),
+                                     to_px(ser.x[j], ser.hi[j]), to_px(ser.x[i], ser.hi[i])};
+      cv::fillConvexPoly(layer, quad, colors[s], cv::LINE_AA);
+    }
+    cv::Mat inside = img(frame);
+    cv::addWeighted(layer(frame), 0.25, inside, 0.75, 0.0, inside);
+  }
   for (size_t s = 0; s < plot.series.size(); ++s) {
     const Series& ser = plot.series[s];
     bool markers = plot.markers && ser.x.size() <= 60;

@@ -18,6 +18,8 @@ struct Series {
   std::string name;          // legend entry
   std::vector<double> x, y;  // same length; NaN y breaks the line
   cv::Scalar color{-1, -1, -1};  // < 0: category_color(index of the series)
+  std::vector<double> lo{}, hi{};  // optional band around the line (e.g. a 95% interval over seeds): empty, or
+                                   // as long as x; drawn as a translucent area where both ends are finite
 };
 
 struct LinePlot {
