@@ -169,6 +169,8 @@ struct Qa {
   std::string answer_type;    // yes/no, number, other
   std::string question_type;  // first words, as VQAv2's question_type
   std::string suffix;         // appended for the model
+  std::vector<std::string> choices = {};  // mc: the options in order (the answer is the letter of one)
+  int answer_index = -1;                  // mc: the index of the right option
 };
 
 template <typename F>
@@ -246,7 +248,8 @@ Qa mc_question(const Scene& s, Rng& rng) {
     q += "\n" + l + ". " + options[i];
     if (options[i] == answer) letter = l;
   }
-  return {"mc", q, letter, "other", "which option", kMcSuffix};
+  const int index = letter.empty() ? -1 : letter[0] - 'A';
+  return {"mc", q, letter, "other", "which option", kMcSuffix, options, index};
 }
 
 Qa text_task(Rng& rng) {
@@ -366,12 +369,22 @@ json make_shapes_dataset(const ShapesOptions& o) {
   std::string llava_questions;
   int64_t qid = 0;
   std::map<std::string, int64_t> eval_families;
+  json mc_problems = json::object();  // ScienceQA's problems.json layout
+  std::string mc_questions;
   for (int64_t i = 0; i < o.n_eval; ++i) {
     Scene s = random_scene(rng);
     std::string rel = image_name(i);
     cv::imwrite((root / "images/eval" / rel).string(), draw(s, static_cast<int>(o.size)), png);
     for (const Qa& qa : {short_question(s, rng), short_question(s, rng), yesno_question(s, rng), mc_question(s, rng)}) {
       int64_t id = ++qid;
+      if (qa.family == "mc") {  // scored by its letter, as ScienceQA / MMBench are: a set of its own
+        mc_problems[std::to_string(id)] = {{"question", qa.question}, {"choices", qa.choices},
+                                           {"answer", qa.answer_index}, {"split", "test"}, {"image", rel}};
+        mc_questions += json({{"question_id", id}, {"image", rel}, {"text", qa.question + qa.suffix},
+                              {"category", qa.family}}).dump() + "\n";
+        eval_families[qa.family] += 1;
+        continue;
+      }
       questions.push_back({{"question_id", id}, {"image_id", i}, {"question", qa.question}});
       annotations.push_back({{"question_id", id}, {"image_id", i}, {"question_type", qa.question_type},
                              {"answer_type", qa.answer_type}, {"multiple_choice_answer", qa.family == "yesno" ? (qa.answer == "Yes" ? "yes" : "no") : qa.answer},
@@ -406,13 +419,15 @@ json make_shapes_dataset(const ShapesOptions& o) {
   write_text(root / "eval/vqav2_questions.json", vqa_questions.dump(1) + "\n");
   write_text(root / "eval/vqav2_annotations.json", vqa_annotations.dump(1) + "\n");
   write_text(root / "eval/llava_questions.jsonl", llava_questions);
+  write_text(root / "eval/mc_questions.jsonl", mc_questions);
+  write_text(root / "eval/mc_problems.json", mc_problems.dump(1) + "\n");
   write_text(root / "eval/text_questions.jsonl", text_questions);
   write_text(root / "eval/text_annotations.json", text_ann.dump(1) + "\n");
   write_text(root / "corpus.txt", corpus);
 
   json info = {{"seed", o.seed}, {"size", o.size}, {"train_images", o.n_train}, {"eval_images", o.n_eval},
                {"captions", captions.size()}, {"instruct_records", instruct.size()},
-               {"instruct_families", families}, {"eval_questions", questions.size()},
+               {"instruct_families", families}, {"eval_questions", questions.size()}, {"mc_eval_questions", mc_problems.size()},
                {"eval_families", eval_families}, {"text_eval_questions", o.n_text_eval},
                {"corpus_bytes", corpus.size()}};
   write_text(root / "dataset_info.json", info.dump(1) + "\n");

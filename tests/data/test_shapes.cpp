@@ -11,6 +11,7 @@
 #include "data/llava_data.h"
 #include "data/shapes.h"
 #include "eval/vqa_data.h"
+#include "eval/vqa_eval_files.h"
 #include "tests/test_util.h"
 
 using namespace mole;
@@ -51,7 +52,7 @@ TEST_CASE("make-data shapes: same seed gives byte-identical files, another seed 
   make_shapes_dataset(small(b, 7));
   make_shapes_dataset(small(c, 8));
   auto ta = read_tree(a), tb = read_tree(b), tc = read_tree(c);
-  CHECK(ta.size() == 30 + 10 + 9);  // images, plus 9 data files
+  CHECK(ta.size() == 30 + 10 + 11);  // images, plus 11 data files (mc_questions.jsonl, mc_problems.json among them)
   CHECK(ta == tb);
   CHECK(ta["instruct.json"] != tc["instruct.json"]);
   CHECK(ta["images/train/000000.png"] != tc["images/train/000000.png"]);
@@ -77,7 +78,21 @@ TEST_CASE("make-data shapes: files load in the LLaVA and VQA readers", "[unit][d
   auto questions = read_vqav2_questions(dir + "/eval/vqav2_questions.json");
   auto annotations = read_vqav2_annotations(dir + "/eval/vqav2_annotations.json");
   auto llava = read_llava_questions(dir + "/eval/llava_questions.jsonl");
-  REQUIRE(questions.size() == 40);  // 4 per eval image
+  REQUIRE(questions.size() == 30);  // 3 per eval image: two short answers and a yes/no
+  // the fourth, a multiple choice, is scored by its letter (ScienceQA's protocol): its own files
+  auto mc = read_llava_questions(dir + "/eval/mc_questions.jsonl");
+  auto problems = read_scienceqa_problems(dir + "/eval/mc_problems.json", "test");
+  REQUIRE(mc.size() == 10);
+  REQUIRE(problems.size() == 10);
+  for (const auto& q : mc) {
+    const auto& p = problems.at(std::to_string(q.question_id));
+    CHECK(p.n_choices == 4);
+    CHECK(p.answer >= 0);
+    CHECK(p.answer < 4);
+    CHECK(q.category == "mc");
+    CHECK(fs::exists(dir + "/images/eval/" + q.image));
+  }
+  CHECK(info["mc_eval_questions"] == 10);
   REQUIRE(llava.size() == questions.size());
   for (size_t i = 0; i < questions.size(); ++i) {
     const auto& ann = annotations.at(questions[i].question_id);
