@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -73,9 +74,10 @@ RouteCollection collect_routes(TrainedModel& m, const std::vector<VqaQuestion>& 
   RoutingSinks sinks;
   sinks.top1 = &top1;
   RoutingSinkScope record(sinks);
+  std::set<std::string> drawn;  // several questions share an image: each image is drawn once
   for (const VqaQuestion& q : sample) {
     if (int64_t(out.patch_grids.size()) >= options.n_patch_images) break;
-    if (q.image.empty()) continue;
+    if (q.image.empty() || !drawn.insert(q.image).second) continue;
     const std::string path = options.image_dir.empty() ? q.image : options.image_dir + "/" + q.image;
     const cv::Mat rgb = load_rgb(path);
     torch::Tensor pixels = images.process(rgb).unsqueeze(0).to(device);  // (1, 3, H, W)

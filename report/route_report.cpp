@@ -254,6 +254,16 @@ void heat_figures(Report& r, const std::vector<LayerRoutes>& layers) {
         }
         values[m].push_back(row);
       }
+    // Top-1 under topk_softmax gives every chosen expert the weight 1: such a map carries no information.
+    bool informative = kind != "gate";
+    for (const auto& [m, rows] : values)
+      for (const auto& row : rows)
+        for (double v : row) informative = informative || (std::isfinite(v) && std::fabs(v - 1.0) > 1e-6);
+    if (!informative) {
+      s.text += "\n\nNo mean gate maps: every chosen expert had the weight 1 (top-1 routing renormalised over the "
+                "one choice), so they would show 1.00 everywhere.";
+      continue;
+    }
     for (const auto& m : r.modalities) {
       Heatmap h(m + " tokens: " + name + " per expert", "layer", "expert");
       h.row_names = r.row_names, h.col_names = expert_names(r.max_experts), h.values = values[m];
