@@ -42,7 +42,7 @@ int cmd_routes(int argc, char** argv) {
     throw std::runtime_error(args.get("model") + ": no routed layer (the model has no MoLE adapters)");
   RouteReportOptions report;
   report.title = "Expert routing: " + args.get("model");
-  report.phase = options.generate ? "both" : "prefill";
+  report.phase = options.generate ? "apart" : "prefill";  // prompts and answers drawn apart
   report.metrics_log = args.has("metrics") ? args.get("metrics") : metrics_log_for(args.get("model"));
   report.patch_grids = routes.patch_grids;
   RouteReport written = write_route_report(args.get("out"), routes.stats, report);

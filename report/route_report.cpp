@@ -204,6 +204,8 @@ struct Report {
   int max_experts = 0, max_top_k = 0;
   std::set<int> expert_counts;
   std::string phase_note;
+  std::string suffix;   // added to the file names of one phase's figures ("" or "_generate")
+  std::string heading;  // added to the section headings of one phase's figures
 
   std::string path(const std::string& file) const { return (std::filesystem::path(dir) / file).string(); }
   void add(HtmlSection& section, const std::string& file, const std::string& caption) {
@@ -227,7 +229,7 @@ std::string join(const std::vector<std::string>& parts) {
 
 // Heat maps layer x expert, one per modality and share kind; one colour scale per share kind for all modalities.
 void heat_figures(Report& r, const std::vector<LayerRoutes>& layers) {
-  HtmlSection s("Which experts each modality uses",
+  HtmlSection s("Which experts each modality uses" + r.heading,
                 "Rows are layers, columns experts; colour and number are the share of the modality's tokens routed "
                 "to the expert. A balanced router gives about 1/E everywhere. A bright column in the image map that "
                 "is dim in the text map is modality specialisation; one bright cell per row with dark neighbours is "
@@ -268,7 +270,7 @@ void heat_figures(Report& r, const std::vector<LayerRoutes>& layers) {
       Heatmap h(m + " tokens: " + name + " per expert", "layer", "expert");
       h.row_names = r.row_names, h.col_names = expert_names(r.max_experts), h.values = values[m];
       h.v_max = v_max > 0 ? v_max : 1.0;
-      std::string file = "heat_" + kind + "_" + file_part(m) + ".png";
+      std::string file = "heat_" + kind + "_" + file_part(m) + r.suffix + ".png";
       r.files.heatmaps[file] = plot_heatmap(r.path(file), h);
       r.add(s, file, m + " tokens (" + r.phase_note + "): " + meaning + ", per layer and expert.");
     }
@@ -278,7 +280,7 @@ void heat_figures(Report& r, const std::vector<LayerRoutes>& layers) {
 
 // The expert mix per layer, one stacked bar per modality side by side; and the router entropy against ln E.
 void mix_and_entropy_figures(Report& r, const std::vector<LayerRoutes>& layers) {
-  HtmlSection mix("Expert mix per layer",
+  HtmlSection mix("Expert mix per layer" + r.heading,
                   "For every layer one bar per modality, split into the experts' top-k shares (each bar sums to 1). "
                   "Bars of different make-up within a layer mean image and text tokens are routed differently.");
   StackedBars bars("Expert mix per layer (top-k share)", "layer", "top-k share");
@@ -299,19 +301,19 @@ void mix_and_entropy_figures(Report& r, const std::vector<LayerRoutes>& layers) 
     bars.values.push_back(stacks);
     entropy.values.push_back(entropies);
   }
-  plot_stacked_bars(r.path("mix_topk.png"), bars);
-  r.add(mix, "mix_topk.png", "Expert mix per layer (" + r.phase_note + "), bars in the order " + join(r.modalities) +
+  plot_stacked_bars(r.path("mix_topk" + r.suffix + ".png"), bars);
+  r.add(mix, "mix_topk" + r.suffix + ".png", "Expert mix per layer (" + r.phase_note + "), bars in the order " + join(r.modalities) +
                                  "; a missing bar: no tokens of that modality at that layer.");
   r.sections.push_back(mix);
 
-  HtmlSection ent("Router entropy",
+  HtmlSection ent("Router entropy" + r.heading,
                   "Mean over tokens of the entropy of the router's probabilities (nats). ln E is the most it can be "
                   "(every expert equally likely); near 0 the router is certain, which with a balanced load is "
                   "healthy specialisation and with an unbalanced one is collapse.");
   for (int e : r.expert_counts)
     if (e > 1 && entropy.ref_lines.size() < 3) entropy.ref_lines.push_back({"ln " + std::to_string(e), std::log(e)});
-  plot_grouped_bars(r.path("entropy.png"), entropy);
-  r.add(ent, "entropy.png", "Router entropy per layer and modality (" + r.phase_note + "); dashed: ln E.");
+  plot_grouped_bars(r.path("entropy" + r.suffix + ".png"), entropy);
+  r.add(ent, "entropy" + r.suffix + ".png", "Router entropy per layer and modality (" + r.phase_note + "); dashed: ln E.");
   r.sections.push_back(ent);
 }
 
@@ -471,13 +473,23 @@ RouteReport write_route_report(const std::string& out_dir, const json& stats, co
 
 RouteReport write_route_report(const std::string& out_dir, const RoutingTable& stats,
                                const RouteReportOptions& options) {
-  PhaseView view;
+  // "apart": the prefill figures, then the generate phase's (when it has tokens) under their own names
+  const bool apart = options.phase == "apart";
+  PhaseView view = PhaseView::kPrefill;
   try {
-    view = parse_enum<PhaseView>(options.phase);
+    if (!apart) view = parse_enum<PhaseView>(options.phase);
   } catch (const ConfigError&) {
-    throw std::runtime_error("routing stats: phase must be prefill, generate or both, got '" + options.phase + "'");
+    throw std::runtime_error("routing stats: phase must be prefill, generate, both or apart, got '" + options.phase +
+                             "'");
   }
-  std::vector<LayerRoutes> layers = routes_of(stats, view, options.phase);
+  std::vector<LayerRoutes> layers = routes_of(stats, view, apart ? "prefill" : options.phase);
+  std::vector<LayerRoutes> generated;
+  if (apart)
+    for (const LayerRouting& l : stats.layers)
+      if (!l.phase_cells[int(RoutePhase::kGenerate)].empty()) {
+        generated = routes_of(stats, PhaseView::kGenerate, "generate");
+        break;
+      }
   ExpertLoadHistory history;  // read before anything is drawn, so a bad log leaves no half-written report
   if (!options.metrics_log.empty()) history = read_expert_load_log(options.metrics_log);
   std::error_code ec;
@@ -489,20 +501,28 @@ RouteReport write_route_report(const std::string& out_dir, const RoutingTable& s
   r.files.html = r.path("index.html");
   r.files.json = r.path("routes.json");
   r.modalities = modality_order(layers);
-  r.phase_note = options.phase == "both" ? "prefill and generate pooled" : options.phase + " phase";
+  r.phase_note = options.phase == "both" ? "prefill and generate pooled" : apart ? "prefill phase" : options.phase + " phase";
   for (const auto& l : layers) {
     r.row_names.push_back(l.label);
     r.max_experts = std::max(r.max_experts, l.n_experts), r.max_top_k = std::max(r.max_top_k, l.top_k);
     r.expert_counts.insert(l.n_experts);
   }
 
+  if (apart) r.heading = ": prompt tokens (prefill)";
   heat_figures(r, layers);
   mix_and_entropy_figures(r, layers);
+  if (!generated.empty()) {  // the answers' tokens, drawn apart from the prompts'
+    r.suffix = "_generate", r.heading = ": generated tokens", r.phase_note = "generate phase";
+    heat_figures(r, generated);
+    mix_and_entropy_figures(r, generated);
+    r.suffix.clear(), r.heading.clear(), r.phase_note = "prefill phase";
+  }
   json load_json;
   if (!options.metrics_log.empty()) load_figures(r, history, load_json);
   if (!options.patch_grids.empty()) patch_figures(r, options.patch_grids);
   json out = {{"title", options.title}, {"phase", options.phase}, {"modalities", r.modalities},
               {"layers", numbers(r, layers)}, {"figures", r.figures}};
+  if (!generated.empty()) out["layers_generate"] = numbers(r, generated);
   if (!load_json.is_null()) out["load_over_training"] = load_json;
 
   write_text_file(r.files.json, out.dump(1) + "\n");

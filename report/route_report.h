@@ -58,7 +58,8 @@ std::vector<std::string> short_layer_names(const std::vector<std::string>& names
 
 struct RouteReportOptions {
   std::string title = "Expert routing";
-  /// prefill | generate | both (both: the two phases pooled, token-weighted, as RoutingStats::summary_json does).
+  /// prefill | generate | both (both: the two phases pooled, token-weighted, as RoutingStats::summary_json does) |
+  /// apart (the prefill figures, then the generate phase's as *_generate.png when it has tokens).
   std::string phase = "prefill";
   /// A metrics log (JSON Lines) with expert_load lines; empty: no load-over-training figures.
   std::string metrics_log;

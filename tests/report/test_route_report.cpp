@@ -306,6 +306,19 @@ TEST_CASE("route report: layers of different widths, missing modalities and pool
   cv::Vec3b never = gate.at<cv::Vec3b>(gg.fill_point(2, 0));
   CHECK((never[0] == never[1] && never[1] == never[2]));
   CHECK(gate.at<cv::Vec3b>(gg.fill_point(2, 5)) == bgr(scale_color(1.0)));  // the only value: the top
+
+  // apart: the prompts' figures under the usual names, the generated tokens' as *_generate.png
+  RouteReportOptions apart;
+  apart.phase = "apart";
+  std::string apart_dir = scratch("apart");
+  RouteReport split = write_route_report(apart_dir, stats, apart);
+  json both_phases = json::parse(read_text(split.json));
+  CHECK(both_phases["layers"][2]["modalities"]["text"]["tokens"] == 30);
+  CHECK(both_phases["layers_generate"][2]["modalities"]["text"]["tokens"] == 10);
+  for (const char* file : {"heat_top1_text.png", "heat_top1_text_generate.png", "mix_topk.png",
+                           "mix_topk_generate.png", "entropy_generate.png"})
+    CHECK(std::filesystem::exists(apart_dir + "/" + file));
+  CHECK(read_text(split.html).find("generated tokens") != std::string::npos);
 }
 
 TEST_CASE("route report: a patch is tinted with the colour of its expert", "[unit][routes]") {
@@ -387,7 +400,7 @@ TEST_CASE("route report: bad input fails with a message that says what is wrong"
   json stats = specialised_stats(2, 4);
   RouteReportOptions options;
   options.phase = "decode";
-  CHECK_THROWS_WITH(write_route_report(dir, stats, options), Contains("prefill, generate or both"));
+  CHECK_THROWS_WITH(write_route_report(dir, stats, options), Contains("prefill, generate, both or apart"));
   options.phase = "generate";  // nothing was generated
   CHECK_THROWS_WITH(write_route_report(dir, stats, options), Contains("no tokens recorded in phase 'generate'"));
 
