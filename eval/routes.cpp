@@ -56,8 +56,20 @@ RouteCollection collect_routes(TrainedModel& m, const std::vector<VqaQuestion>& 
   answer.batch_size = options.batch_size;
   answer.max_new_tokens = options.generate ? options.max_new_tokens : 1;
   answer.image_dir = options.image_dir;
-  answer.routing = &stats;
-  answer_questions(m, sample, answer);
+  if (options.by_family) {  // one table per category; the whole is their sum
+    std::map<std::string, std::vector<VqaQuestion>> families;
+    for (const VqaQuestion& q : sample) families[q.category.empty() ? "(none)" : q.category].push_back(q);
+    for (const auto& [family, questions] : families) {
+      RoutingStats own;
+      answer.routing = &own;
+      answer_questions(m, questions, answer);
+      out.by_family[family] = own.table();
+      stats.merge(own);
+    }
+  } else {
+    answer.routing = &stats;
+    answer_questions(m, sample, answer);
+  }
   out.stats = stats.table();
   const std::vector<std::string> layers = stats.layers();
   if (layers.empty()) return out;  // no MoLE layer: nothing routed

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ namespace mole {
 struct RouteOptions {
   int64_t max_samples = 64;    // questions run through the model
   int64_t n_patch_images = 4;  // images drawn with their patch routing
+  bool by_family = false;      // also one table per question category (task family), for routing by family
   bool generate = false;       // also route the generated tokens (phase "generate")
   int64_t max_new_tokens = 32;
   int64_t layer = -1;          // index into the routed layers for the patch pictures; -1: the middle one
@@ -28,6 +30,7 @@ struct RouteOptions {
 struct RouteCollection {
   RoutingTable stats;                 // prompts (and generated tokens with `generate`)
   std::vector<PatchGrid> patch_grids;
+  std::map<std::string, RoutingTable> by_family;  // with by_family: category -> its questions' routing
   int64_t n_samples = 0;
 };
 

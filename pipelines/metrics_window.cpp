@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/json_config.h"
+#include "moe/routing_info.h"
 
 namespace mole {
 
@@ -99,6 +100,12 @@ void MetricsWindow::write_window(const WindowPosition& at, const RoutingTable* r
   if (routed) {
     line["routing"] = routing->summary_json();
     line["expert_load"] = routing->expert_load();
+    // I(top-1 expert; modality) per layer over the window, nats (moe/routing_info.h)
+    json mi = json::object();
+    double sum = 0;
+    const auto info = routing_information({{"all", *routing}}, PhaseView::kBoth);
+    for (const LayerInformation& l : info) mi[l.layer] = l.mi_modality, sum += l.mi_modality;
+    line["expert_modality_mi"] = {{"mean", info.empty() ? 0.0 : sum / double(info.size())}, {"layers", mi}};
   }
   write_event(line);
   if (lines_)

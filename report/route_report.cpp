@@ -4,6 +4,7 @@
 //
 // L=layers E=experts M=modalities S=logged steps
 #include "report/route_report.h"
+#include "moe/routing_info.h"
 
 #include <algorithm>
 #include <array>
@@ -465,6 +466,64 @@ void load_figures(Report& r, const ExpertLoadHistory& h, json& out) {
 
 }  // namespace
 
+// How much the top-1 expert says about the token's modality and task family, per layer (moe/routing_info.h);
+// with tables per family, also the expert mix of each family.
+void information_figures(Report& r, const RoutingTable& stats, const std::map<std::string, RoutingTable>& by_family,
+                         json& out) {
+  std::map<std::string, RoutingTable> tables = by_family;
+  if (tables.empty()) tables["all"] = stats;
+  const std::vector<LayerInformation> info = routing_information(tables, PhaseView::kPrefill);
+  out = routing_information_json(info);
+  if (info.empty()) return;
+  std::vector<std::string> names;
+  double tokens = 0;
+  for (const auto& l : info) names.push_back(l.layer), tokens = std::max(tokens, l.tokens);
+  const std::vector<std::string> labels = short_layer_names(names);
+  const bool families = !by_family.empty();
+  HtmlSection s("What the expert says about the token",
+                "Mutual information between each token's top-1 expert and its modality" +
+                    std::string(families ? " and its task family (the question's category)" : "") +
+                    ", divided by the entropy of the modality" + std::string(families ? " or family" : "") +
+                    ": 0 when the choice is independent of it, 1 when the expert alone tells it. Prompt tokens; "
+                    "plug-in estimates from " + std::to_string(int64_t(tokens)) + " tokens per layer, biased "
+                    "upwards by about (groups - 1)(experts - 1) / (2 tokens) nats.");
+  GroupedBars mi("Normalised mutual information, top-1 expert vs token group", "layer", "I(expert; group) / H(group)");
+  mi.group_names = labels;
+  mi.series_names = {"modality"};
+  if (families) mi.series_names.push_back("task family");
+  mi.v_max = 1.0;
+  for (const auto& l : info) {
+    std::vector<double> row = {l.h_modality > 0 ? l.mi_modality / l.h_modality : NAN};
+    if (families) row.push_back(l.h_family > 0 ? l.mi_family / l.h_family : NAN);
+    mi.values.push_back(row);
+  }
+  plot_grouped_bars(r.path("information.png"), mi);
+  r.add(s, "information.png", "Per layer: how much the top-1 expert tells about the token's modality" +
+                                  std::string(families ? " and task family" : "") + " (0: nothing, 1: all).");
+  if (families) {
+    StackedBars mix("Top-1 expert share per task family (prompt tokens)", "layer", "top-1 share");
+    mix.group_names = labels;
+    mix.bar_names = info.front().families;
+    mix.v_max = 1.0;
+    size_t experts = 0;
+    for (const auto& l : info)
+      for (const auto& row : l.family_share) experts = std::max(experts, row.size());
+    for (const auto& e : expert_names(int(experts))) mix.segment_names.push_back("expert " + e);
+    for (const auto& l : info) {
+      std::vector<std::vector<double>> stacks;
+      for (const auto& row : l.family_share) {
+        stacks.emplace_back();
+        if (!row.empty() && std::isfinite(row.front())) (stacks.back() = row).resize(experts, 0.0);
+      }
+      mix.values.push_back(stacks);
+    }
+    plot_stacked_bars(r.path("family_mix.png"), mix);
+    r.add(s, "family_mix.png", "Per layer one bar per task family, split into its tokens' top-1 experts; bars "
+                               "in the order " + join(info.front().families) + ".");
+  }
+  r.sections.push_back(s);
+}
+
 // ---- the report --------------------------------------------------------------------------------------------------
 
 RouteReport write_route_report(const std::string& out_dir, const json& stats, const RouteReportOptions& options) {
@@ -519,10 +578,13 @@ RouteReport write_route_report(const std::string& out_dir, const RoutingTable& s
   }
   json load_json;
   if (!options.metrics_log.empty()) load_figures(r, history, load_json);
+  json information;
+  information_figures(r, stats, options.by_family, information);
   if (!options.patch_grids.empty()) patch_figures(r, options.patch_grids);
   json out = {{"title", options.title}, {"phase", options.phase}, {"modalities", r.modalities},
               {"layers", numbers(r, layers)}, {"figures", r.figures}};
   if (!generated.empty()) out["layers_generate"] = numbers(r, generated);
+  out["information"] = information;
   if (!load_json.is_null()) out["load_over_training"] = load_json;
 
   write_text_file(r.files.json, out.dump(1) + "\n");

@@ -64,6 +64,9 @@ struct RouteReportOptions {
   /// A metrics log (JSON Lines) with expert_load lines; empty: no load-over-training figures.
   std::string metrics_log;
   std::vector<PatchGrid> patch_grids;
+  /// One table per task family (eval/routes.h by_family): the expert mix per family and the information the
+  /// expert carries about the family beside the modality's; empty: the modality's alone.
+  std::map<std::string, RoutingTable> by_family;
 };
 
 struct RouteReport {

@@ -452,3 +452,28 @@ TEST_CASE("route report: short layer names and the shared HTML page", "[unit][ro
                        Contains("<p>Second &amp; last.</p>") && Contains("<img src=\"loss.png\"") &&
                        Contains("Loss &quot;curves&quot;") && Contains("<td>MoLE</td><td>0.64</td>"));
 }
+
+TEST_CASE("route report: routing by task family and the information figures", "[unit][routes]") {
+  json stats = specialised_stats(2, 4);
+  const RoutingTable table = RoutingTable::from_json(stats);
+  RouteReportOptions options;
+  options.by_family["count"] = table;
+  options.by_family["colour"] = table;
+  std::string dir = scratch("by_family");
+  RouteReport report = write_route_report(dir, table, options);
+  CHECK(std::filesystem::exists(dir + "/information.png"));
+  CHECK(std::filesystem::exists(dir + "/family_mix.png"));
+  json routes = json::parse(read_text(report.json));
+  REQUIRE(routes["information"]["layers"].size() == 2);
+  const json& l0 = routes["information"]["layers"][0];
+  CHECK(l0["families"] == json({"colour", "count"}));
+  CHECK(l0["mi_family"].get<double>() == Approx(0.0).margin(1e-12));  // the two families route alike
+  CHECK(l0["mi_modality"].get<double>() > 0.0);                      // the stats specialise by modality
+  CHECK(read_text(report.html).find("What the expert says about the token") != std::string::npos);
+
+  // without families: the modality's information alone, no family figure
+  std::string plain = scratch("no_family");
+  write_route_report(plain, table, RouteReportOptions{});
+  CHECK(std::filesystem::exists(plain + "/information.png"));
+  CHECK_FALSE(std::filesystem::exists(plain + "/family_mix.png"));
+}
