@@ -1,12 +1,12 @@
 // mole demo [--out DIR] [--device cuda[:N]] [--quick]: the whole mission on data mole makes itself, in one command.
-//   shapes data -> tokenizer -> pretrain a small LLaVA from scratch -> align (projector) -> finetune three ways
-//   with the same active adapter parameters (plain LoRA, MoLE learned routing, MoLE modality-grouped routing) ->
-//   eval-vqa of the untuned base and of each run on the held-out VQA set and the text-only set -> routing
-//   pictures of the MoLE runs -> a report (Markdown + HTML: accuracy table, loss curves, routing) and
-//   DIR/results.json.
-// Every stage is the library code the separate commands run (make-data, train-tokenizer, train, eval-vqa, routes),
-// so the demo is also their integration test. Sizes are chosen for two CPU cores: about 12 minutes, --quick
-// under 3.
+//   shapes data -> tokenizer -> pretrain a small LLaVA from scratch on captions -> align (projector) ->
+//   `mole compare` of three finetunes with the same active adapter parameters (plain LoRA, MoLE learned routing,
+//   MoLE modality-grouped routing) over several seeds, each scored with the untuned base on the held-out VQA,
+//   multiple-choice and text-only sets -> routing pictures of the MoLE runs -> DIR/report.md, DIR/report.html and
+//   DIR/results.json (means, 95% intervals over seeds, paired differences against LoRA).
+// Every stage is the library code the separate commands run (make-data, train-tokenizer, train, compare, routes),
+// so the demo is also their integration test. Sizes are chosen for two CPU cores: the full demo within 15
+// minutes, --quick about 2.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -20,10 +20,13 @@
 #include "core/json_config.h"
 #include "data/shapes.h"
 #include "eval/answer.h"
+#include "eval/vqa_data.h"
 #include "eval/routes.h"
 #include "language/tokenizer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
+#include "pipelines/compare.h"
+#include "pipelines/compare_report.h"
 #include "pipelines/trainer.h"
 #include "report/charts.h"
 #include "report/route_report.h"
@@ -38,12 +41,13 @@ struct DemoPlan {
   int64_t n_train, n_eval, n_text_train, n_text_eval, vocab;
   int64_t pretrain_steps, align_steps, finetune_steps, batch;
   double finetune_lr;
-  int64_t max_vqa_questions, max_text_questions, max_new_tokens;
+  std::vector<int64_t> seeds;
+  int64_t max_vqa_questions, max_mc_questions, max_text_questions, max_new_tokens;
 };
 
 DemoPlan plan(bool quick) {
-  if (quick) return {400, 50, 200, 40, 512, 100, 10, 100, 4, 3e-3, 150, 40, 12};
-  return {2000, 200, 1000, 200, 768, 500, 60, 240, 8, 2e-3, 800, 200, 24};
+  if (quick) return {600, 50, 200, 40, 512, 600, 20, 300, 8, 3e-3, {0, 1}, 150, 50, 40, 12};
+  return {2000, 200, 1000, 200, 768, 2000, 60, 600, 8, 2e-3, {0, 1, 2}, 600, 200, 200, 24};
 }
 
 // The small LLaVA trained from scratch: CLIP-style ViT on 64 px images (16 patches of 16 px) and a 4-layer
@@ -66,8 +70,9 @@ json small_llava_config() {
 // The three adapters, on every Linear of the language model (LLaVA's LoRA recipe targets them all): plain LoRA
 // of rank 16; MoLE at FFN level with 4 experts of rank 16 and top-1 routing (LLaVA-MoLE's sparse top-1), so each
 // token uses rank 16 in every FFN as with LoRA, and attention carries the same rank-16 LoRA in all three.
-// modality_grouped gives experts 0-1 to text and 2-3 to image tokens.
-std::map<std::string, json> adapters() {
+// modality_grouped gives experts 0-1 to text and 2-3 to image tokens. As merge patches over the shared config
+// (pipelines/compare.h).
+json adapters() {
   json lora = {{"kind", "lora"}, {"rank", 16}, {"alpha", 32.0}, {"dropout", 0.0}};
   json learned = {{"kind", "mole"}, {"granularity", "ffn"}, {"rank", 16}, {"alpha", 32.0}, {"dropout", 0.0},
                   {"n_experts", 4}, {"top_k", 1}, {"routing_mode", "learned"}, {"losses", {{"switch_aux", 0.01}}}};
@@ -75,7 +80,11 @@ std::map<std::string, json> adapters() {
   grouped["routing_mode"] = "modality_grouped";
   grouped["expert_modality"] = {0, 0, 1, 1};
   grouped["losses"] = {{"switch_aux", 0.01}, {"per_modality", true}};
-  return {{"lora", lora}, {"mole_learned", learned}, {"mole_grouped", grouped}};
+  json runs = json::array();
+  for (const auto& [name, adapter] : {std::pair<const char*, json>{"lora", lora}, {"mole_learned", learned},
+                                      {"mole_grouped", grouped}})
+    runs.push_back({{"name", name}, {"config", {{"model", {{"adapter", adapter}}}}}});
+  return runs;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -83,47 +92,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 void stage(const char* name, double t) { std::fprintf(stderr, "\n== %s (%.0f s so far)\n", name, t); }
-
-// Trainable and active (per token) parameters: an expert-stacked tensor (E, ., .) counts k/E of itself.
-std::pair<int64_t, int64_t> parameter_counts(TrainedModel& m) {
-  int64_t trainable = 0;
-  double active = 0;
-  int64_t k = 1, e = 1;
-  if (m.spec.adapter.is_object() && m.spec.adapter.value("kind", "") == "mole") {
-    k = m.spec.adapter.value("top_k", int64_t(2));
-    e = m.spec.adapter.value("n_experts", int64_t(8));  // (the router's E x d weight counts whole)
-  }
-  for (const auto& item : m.model->named_parameters()) {
-    const std::string& name = item.key();
-    const bool adapter = name.find(".adapter.") != std::string::npos;
-    const bool projector = name.rfind("multi_modal_projector.", 0) == 0;
-    if (!adapter && !projector) continue;
-    const int64_t n = item.value().numel();
-    trainable += n;
-    active += adapter && item.value().dim() == 3 ? double(n) * double(k) / double(e) : double(n);
-  }
-  return {trainable, int64_t(active)};
-}
-
-std::vector<VqaQuestion> first(std::vector<VqaQuestion> q, int64_t n) {
-  if (int64_t(q.size()) > n) q.resize(size_t(n));
-  return q;
-}
-
-// The loss column of a metrics log, one point per logged step.
-Series loss_series(const std::string& name, const std::string& metrics) {
-  Series s;
-  s.name = name;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("loss") || !j.contains("lm_loss")) continue;
-    s.x.push_back(j["step"].get<double>());
-    s.y.push_back(j["lm_loss"].get<double>());
-  }
-  return s;
-}
 
 std::string fixed(double v, int digits = 1) {
   char buf[32];
@@ -175,7 +143,7 @@ int cmd_demo(int argc, char** argv) {
   if (!fs::exists(tokenizer + "/tokenizer.model")) Tokenizer::train(out + "/tokenizer_corpus.txt", p.vocab, tokenizer);
 
   auto train = [&](const std::string& name, json config) {
-    config["out"] = out + "/runs/" + name;
+    config["out"] = out + "/stages/" + name;  // (runs/ is the compare's)
     config["run"] = {{"seed", 0}, {"log_every", quick ? 10 : 25}, {"threads", threads}, {"progress", "lines"},
                      {"device", device}};
     config["data"]["workers"] = 1;
@@ -185,14 +153,16 @@ int cmd_demo(int argc, char** argv) {
     rules.overwrite = true;  // the demo's runs are its own: a second demo in the same folder starts them over
     return run_training(c, false, {}, rules);
   };
-  stage("pretrain: a small LLaVA from scratch on captions + the text corpus", seconds_since(t0));
+  // Captions only: with the text corpus mixed in (4 of 5 samples text-only, the captions among them) the language
+  // model learned the captions' prior and the vision tower stayed unused (every image captioned alike).
+  stage("pretrain: a small LLaVA from scratch on captions", seconds_since(t0));
   train("pretrain", {{"stage", "pretrain"},
                      {"model", {{"tokenizer", tokenizer}, {"init", small_llava_config()}}},
-                     {"data", {{"train", data + "/captions.json"}, {"text_corpus", data + "/corpus.txt"},
+                     {"data", {{"train", data + "/captions.json"},
                                {"template", "plain"}, {"max_len", 256}, {"batch_size", 16}}},
                      {"optim", {{"steps", p.pretrain_steps}, {"lr", 1e-3}, {"weight_decay", 0.01},
                                 {"warmup_ratio", 0.05}}}});
-  const std::string pretrained = out + "/runs/pretrain/final";
+  const std::string pretrained = out + "/stages/pretrain/final";
 
   stage("align: the projector on captions (LLaVA stage 1)", seconds_since(t0));
   train("align", {{"stage", "align"},
@@ -200,120 +170,105 @@ int cmd_demo(int argc, char** argv) {
                   {"data", {{"train", data + "/captions.json"}, {"template", "plain"}, {"max_len", 256},
                             {"batch_size", 16}}},
                   {"optim", {{"steps", p.align_steps}, {"lr", 1e-3}, {"warmup_ratio", 0.03}}}});
-  const std::string aligned = out + "/runs/align/final";
+  const std::string aligned = out + "/stages/align/final";
 
-  // evaluation sets: the held-out short-answer VQA questions and the text-only questions
-  const auto vqa_questions = first(read_llava_questions(data + "/eval/llava_questions.jsonl"), p.max_vqa_questions);
-  const auto text_questions = first(read_llava_questions(data + "/eval/text_questions.jsonl"), p.max_text_questions);
-  json results = {{"runs", json::object()}};
-  auto evaluate = [&](const std::string& name, const std::string& model_dir) {
-    TrainedModel m = load_trained(model_dir, torch::Device(device));
-    AnswerOptions a;
-    a.max_new_tokens = p.max_new_tokens;
-    a.image_dir = data + "/images/eval";
-    const auto vqa_answers = answer_questions(m, vqa_questions, a);
-    const auto text_answers = answer_questions(m, text_questions, a);
-    const json vqa = score_answers_vqav2(vqa_answers, data + "/eval/vqav2_annotations.json", true);
-    const json text = score_answers_vqav2(text_answers, data + "/eval/text_annotations.json", true);
-    const auto [trainable, active] = parameter_counts(m);
-    json per_family = vqa["perCategory"];
-    for (const auto& [family, acc] : text["perCategory"].items()) per_family[family] = acc;
-    results["runs"][name] = {{"vqa_accuracy", vqa["overall"]}, {"text_accuracy", text["overall"]},
-                             {"per_family", per_family}, {"trainable_params", trainable},
-                             {"active_params", active}};
-    fs::create_directories(out + "/eval/" + name);
-    write_json_file(out + "/eval/" + name + "/vqa_scores.json", vqa);
-    write_json_file(out + "/eval/" + name + "/text_scores.json", text);
-    write_answers_jsonl(out + "/eval/" + name + "/vqa_answers.jsonl", vqa_answers, name);
-    write_answers_jsonl(out + "/eval/" + name + "/text_answers.jsonl", text_answers, name);
-    std::fprintf(stderr, "%s: VQA %.2f, text %.2f\n", name.c_str(), vqa["overall"].get<double>(),
-                 text["overall"].get<double>());
+  // LLaVA stage 2 three ways x seeds, scored with the untuned base on the same held-out sets (pipelines/compare.h)
+  stage("finetune x seeds and eval-vqa: mole compare (LoRA, MoLE learned, MoLE grouped)", seconds_since(t0));
+  json finetune = {{"stage", "finetune"},
+                   {"model", {{"base", pretrained}, {"projector", aligned + "/projector.safetensors"},
+                              {"train_projector", true}}},
+                   {"data", {{"train", data + "/instruct.json"}, {"images", data}, {"template", "vicuna_v1"},
+                             {"max_len", 256}, {"batch_size", p.batch}, {"workers", 1}}},
+                   {"optim", {{"steps", p.finetune_steps}, {"lr", p.finetune_lr}, {"warmup_ratio", 0.05}}},
+                   {"run", {{"log_every", quick ? 20 : 25}, {"threads", threads}, {"progress", "lines"},
+                            {"device", device}}}};
+  auto eval_set = [&](const char* name, const std::string& questions, const std::string& annotations,
+                      const std::string& images, int64_t limit, const char* metric, bool text) {
+    return json{{"name", name}, {"questions", questions}, {"annotations", annotations}, {"images", images},
+                {"limit", limit}, {"metric", metric}, {"text", text}};
   };
-  stage("eval-vqa: the untuned base (pretrained + aligned projector)", seconds_since(t0));
-  evaluate("base", aligned);
+  json compare = {
+      {"out", out},
+      {"seeds", p.seeds},
+      {"baseline", "lora"},
+      {"config", finetune},
+      {"runs", adapters()},
+      {"eval", {eval_set("vqa", data + "/eval/llava_questions.jsonl", data + "/eval/vqav2_annotations.json",
+                         data + "/images/eval", p.max_vqa_questions, "vqav2", false),
+                eval_set("mc", data + "/eval/mc_questions.jsonl", data + "/eval/mc_problems.json",
+                         data + "/images/eval", p.max_mc_questions, "scienceqa", false),
+                eval_set("text", data + "/eval/text_questions.jsonl", data + "/eval/text_annotations.json", data,
+                         p.max_text_questions, "vqav2", true)}},
+      {"untuned", aligned},
+      {"max_new_tokens", p.max_new_tokens}};
+  const CompareConfig cc = CompareConfig::from_json(compare, "demo compare");
+  CompareOptions co;
+  co.overwrite = true;  // the demo's runs are its own: a second demo in the same folder starts them over
+  const CompareOutcome outcome = run_compare(cc, co);
+  if (!outcome.report_written) throw std::runtime_error("demo: the compare left jobs without results");
+  json results = outcome.results;
 
-  const std::map<std::string, json> variants = adapters();
-  for (const std::string name : {"lora", "mole_learned", "mole_grouped"}) {
-    stage(("finetune " + name + " (LLaVA stage 2) and eval-vqa").c_str(), seconds_since(t0));
-    train(name, {{"stage", "finetune"},
-                 {"model", {{"base", pretrained}, {"projector", aligned + "/projector.safetensors"},
-                            {"adapter", variants.at(name)}, {"train_projector", true}}},
-                 {"data", {{"train", data + "/instruct.json"}, {"template", "vicuna_v1"}, {"max_len", 256},
-                           {"batch_size", p.batch}}},
-                 {"optim", {{"steps", p.finetune_steps}, {"lr", p.finetune_lr}, {"warmup_ratio", 0.05}}}});
-    evaluate(name, out + "/runs/" + name + "/final");
-  }
-
-  stage("routes: the MoLE runs' routing per layer, expert and modality", seconds_since(t0));
+  stage("routes: the MoLE runs' routing per layer, expert and modality (seed 0)", seconds_since(t0));
+  const auto vqa_questions = read_llava_questions(data + "/eval/llava_questions.jsonl");
   std::vector<HtmlSection> sections;
-  std::map<std::string, std::vector<std::string>> route_figures;
+  std::string routes_md = "## Routing (seed 0)\n\n";
   for (const std::string name : {"mole_learned", "mole_grouped"}) {
-    TrainedModel m = load_trained(out + "/runs/" + name, torch::Device(device));
+    const std::string run = cc.run_dir(name, p.seeds.front());
+    TrainedModel m = load_trained(run, torch::Device(device));
     RouteOptions ro;
     ro.max_samples = quick ? 24 : 96;
     ro.image_dir = data + "/images/eval";
+    ro.by_family = true;  // routing by task family beside modality
     RouteCollection routes = collect_routes(m, vqa_questions, ro);
     RouteReportOptions report;
-    report.title = "Expert routing: " + name;
-    report.metrics_log = out + "/runs/" + name + "/metrics.jsonl";
+    report.title = "Expert routing: " + name + " (seed " + std::to_string(p.seeds.front()) + ")";
+    report.metrics_log = run + "/metrics.jsonl";
     report.patch_grids = routes.patch_grids;
+    report.by_family = routes.by_family;
     RouteReport written = write_route_report(out + "/routes/" + name, routes.stats, report);
-    for (const auto& png : written.pngs) route_figures[name].push_back(fs::relative(png, out).string());
+    HtmlSection s("Routing: " + name, "The whole routing page, with every figure explained: routes/" + name +
+                                          "/index.html. The figures of its first sections:");
+    routes_md += "[" + name + ": routes/" + name + "/index.html](routes/" + name + "/index.html)\n\n";
+    for (const auto& png : written.pngs) {
+      const std::string rel = fs::relative(png, out).string();
+      const std::string file = fs::path(png).filename().string();
+      std::string caption = name + ": ";
+      if (file.rfind("mix_", 0) == 0) caption += "the share of text and of image tokens each expert takes, per layer";
+      else if (file.rfind("heat_", 0) == 0) caption += "layer x expert share map (" + file + ")";
+      else if (file.rfind("patches_", 0) == 0) caption += "an evaluation image, each patch coloured by its top expert";
+      else if (file.rfind("entropy", 0) == 0) caption += "router entropy per layer against a uniform router's ln E";
+      else if (file == "information.png") caption += "how much the top-1 expert tells about modality and task family";
+      else if (file == "family_mix.png") caption += "the top-1 expert mix of each task family, per layer";
+      else caption += file;
+      s.figures.push_back({rel, caption});
+    }
+    sections.push_back(s);
   }
 
   stage("report", seconds_since(t0));
-  LinePlot curves("Finetuning loss (language-model loss, logged means)", "step", "loss");
-  for (const std::string name : {"lora", "mole_learned", "mole_grouped"})
-    curves.series.push_back(loss_series(name, out + "/runs/" + name + "/metrics.jsonl"));
-  plot_lines(out + "/loss_curves.png", curves);
-
   results["wall_seconds"] = seconds_since(t0);
   results["quick"] = quick;
   results["machine"] = {{"cores", cores}, {"torch_threads", threads > 0 ? threads : int64_t(torch::get_num_threads())}};
-  write_json_file(out + "/results.json", results);
-
-  // the table: overall and per task family
-  std::vector<std::string> families;
-  for (const auto& [family, acc] : results["runs"]["base"]["per_family"].items()) families.push_back(family);
-  HtmlTable table("Accuracy (VQAv2 metric, %) on held-out questions", {"run", "VQA", "text", "trainable", "active"});
-  for (const auto& f : families) table.header.push_back(f);
-  std::string md = "| run | VQA | text | trainable | active |";
-  for (const auto& f : families) md += " " + f + " |";
-  md += "\n|---|---:|---:|---:|---:|";
-  for (size_t i = 0; i < families.size(); ++i) md += "---:|";
-  md += "\n";
-  for (const std::string name : {"base", "lora", "mole_learned", "mole_grouped"}) {
-    const json& r = results["runs"][name];
-    std::vector<std::string> row = {name, fixed(r["vqa_accuracy"].get<double>()),
-                                    fixed(r["text_accuracy"].get<double>()),
-                                    std::to_string(r["trainable_params"].get<int64_t>()),
-                                    std::to_string(r["active_params"].get<int64_t>())};
-    for (const auto& f : families)
-      row.push_back(r["per_family"].contains(f) ? fixed(r["per_family"][f].get<double>()) : "-");
-    md += "|";
-    for (const auto& cell : row) md += " " + cell + " |";
-    md += "\n";
-    table.rows.push_back(row);
+  ReportExtras extras;
+  extras.title = "mole demo";
+  extras.lead_md = "Wall time " + fixed(results["wall_seconds"].get<double>(), 0) + " s on " + std::to_string(cores) +
+                   " cores" + (quick ? " (--quick)" : "") + ": shapes data, a LLaVA pretrained from scratch (" +
+                   std::to_string(p.pretrain_steps) + " steps) and aligned, then " + std::to_string(p.finetune_steps) +
+                   " finetuning steps per run.";
+  extras.sections = sections;
+  extras.md = routes_md;
+  write_compare_report(cc, results, extras);
+  // the headline table: overall accuracy per set, mean and 95% interval over seeds
+  std::string md = "| run | vqa | mc | text |\n|---|---:|---:|---:|\n";
+  for (const std::string name : {"lora", "mole_learned", "mole_grouped"}) {
+    md += "| " + name;
+    for (const char* set : {"vqa", "mc", "text"}) {
+      const json& i = results["stats"][name]["sets"][set]["overall"];
+      md += " | " + fixed(i["mean"].get<double>()) +
+            (i["lo"].is_number() ? " [" + fixed(i["lo"].get<double>()) + ", " + fixed(i["hi"].get<double>()) + "]" : "");
+    }
+    md += " |\n";
   }
-  HtmlSection summary("Accuracy", "Base: the pretrained model with the aligned projector, untuned. The three "
-                                  "finetunes use the same data, steps and active adapter parameters per token.");
-  summary.tables.push_back(table);
-  HtmlSection loss("Loss curves");
-  loss.figures.push_back({"loss_curves.png", "Finetuning loss of the three adapters on one plot."});
-  sections.insert(sections.begin(), {summary, loss});
-  for (const auto& [name, figures] : route_figures) {
-    HtmlSection s("Routing: " + name, "Full page: routes/" + name + "/index.html");
-    for (const auto& f : figures) s.figures.push_back({f, f});
-    sections.push_back(s);
-  }
-  write_text_file(out + "/report.html", html_page("mole demo", sections,
-                                                   "wall time " + fixed(results["wall_seconds"].get<double>(), 0) +
-                                                       " s, " + std::to_string(cores) + " cores"));
-  std::string report = "# mole demo\n\nWall time " + fixed(results["wall_seconds"].get<double>(), 0) + " s on " +
-                       std::to_string(cores) + " cores" + (quick ? " (--quick)" : "") + ".\n\n" + md +
-                       "\n![loss curves](loss_curves.png)\n\nRouting: routes/mole_learned/index.html, "
-                       "routes/mole_grouped/index.html\n";
-  write_text_file(out + "/report.md", report);
   std::printf("\n%s\nreport: %s/report.html, %s/report.md; numbers: %s/results.json\n", md.c_str(), out.c_str(),
               out.c_str(), out.c_str());
   return 0;
