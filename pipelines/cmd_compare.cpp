@@ -25,7 +25,9 @@ int cmd_compare(int argc, char** argv) {
       .flag("overwrite", "start the compare over: remove OUT/runs, OUT/base and the report first")
       .flag("report-only", "train and score nothing: write the report from the results in OUT")
       .flag("print-config", "print the resolved compare config and exit")
-      .epilog("Fields of compare.json (type = default):\n" + fields_help(describe_fields<CompareConfig>()));
+      .epilog("Fields of compare.json (type = default):\n" + fields_help(describe_fields<CompareConfig>()) +
+              "\nEach entry of runs:\n" + fields_help(describe_fields<CompareRun>()) +
+              "\nEach entry of eval:\n" + fields_help(describe_fields<CompareEvalSet>()));
   if (!args.parse(argc, argv)) return 0;
   json j = read_json_file(args.get("config"));
   for (const std::string& assignment : args.get_all("set")) apply_override(j, assignment);
