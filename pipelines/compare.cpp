@@ -80,6 +80,12 @@ void CompareConfig::validate(const FieldPath& at) const {
 CompareConfig CompareConfig::from_json(const json& j, const std::string& file) {
   CompareConfig c = read_fields<CompareConfig>(j, file);
   c.out = fs::absolute(c.out).lexically_normal().string();
+  // Eval files are read after the first run trains: a wrong path must fail now, not minutes later.
+  for (size_t i = 0; i < c.eval.size(); ++i)
+    for (const auto& [key, path] : {std::pair<const char*, const std::string&>{"questions", c.eval[i].questions},
+                                    {"annotations", c.eval[i].annotations}})
+      if (!fs::is_regular_file(path))
+        throw ConfigError(file + ": eval[" + std::to_string(i) + "]." + key + ": no such file: " + path);
   // Every run's config is read now, so a typo in any of them is an error before the first run trains.
   for (const CompareRun& run : c.runs) TrainConfig::from_json(c.run_config(run, c.seeds.front()), file + ": runs." + run.name);
   return c;

@@ -126,6 +126,9 @@ TEST_CASE("compare config: mistakes are errors naming the key, before anything t
   json unknown = good;
   unknown["seed"] = {0};
   refused(unknown, "did you mean 'seeds'");
+  json missing = good;
+  missing["eval"][1]["annotations"] = "/nonexistent/mc_problems.json";
+  refused(missing, "eval[1].annotations: no such file");
   json bad_metric = good;
   bad_metric["eval"][0]["metric"] = "bleu";
   refused(bad_metric, "eval metric");
