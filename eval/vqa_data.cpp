@@ -1,6 +1,8 @@
 #include "eval/vqa_data.h"
 
+#include <cctype>
 #include <fstream>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -105,6 +107,53 @@ std::vector<VqaQuestion> read_llava_questions(const std::string& path) {
     q.category = e.value("category", "");
     out.push_back(std::move(q));
   });
+  return out;
+}
+
+std::string image_name_from_pattern(const std::string& pattern, int64_t image_id) {
+  auto fail = [&](const std::string& why) -> std::invalid_argument {
+    return std::invalid_argument("image pattern '" + pattern.substr(0, 200) + "': " + why +
+                                 " (one integer conversion such as %012lld; %% for a literal %)");
+  };
+  std::string out;
+  bool converted = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] != '%') {
+      out += pattern[i];
+      continue;
+    }
+    if (i + 1 < pattern.size() && pattern[i + 1] == '%') {
+      out += '%';
+      ++i;
+      continue;
+    }
+    if (converted) throw fail("more than one conversion");
+    size_t j = i + 1;
+    const bool zero = j < pattern.size() && pattern[j] == '0';
+    if (zero) ++j;
+    int64_t width = 0;
+    for (; j < pattern.size() && std::isdigit(static_cast<unsigned char>(pattern[j])); ++j) {
+      width = width * 10 + (pattern[j] - '0');
+      if (width > 64) throw fail("a field width over 64");
+    }
+    const size_t first_l = j;
+    while (j < pattern.size() && pattern[j] == 'l') ++j;
+    if (j >= pattern.size() || (pattern[j] != 'd' && pattern[j] != 'i' && pattern[j] != 'u'))
+      throw fail("'" + pattern.substr(i, std::min<size_t>(j + 1, pattern.size()) - i) + "' is not an integer conversion");
+    if (j - first_l > 2) throw fail("too many 'l' length modifiers");
+    if (pattern[j] == 'u' && image_id < 0) throw fail("a negative image id " + std::to_string(image_id) + " for %u");
+    std::string digits = std::to_string(image_id < 0 ? -image_id : image_id);
+    std::string sign = image_id < 0 ? "-" : "";
+    const int64_t len = int64_t(sign.size() + digits.size());
+    if (len < width) {
+      if (zero) digits.insert(0, size_t(width - len), '0');
+      else sign.insert(0, size_t(width - len), ' ');
+    }
+    out += sign + digits;
+    converted = true;
+    i = j;
+  }
+  if (!converted) throw fail("no conversion for the image id");
   return out;
 }
 

@@ -40,4 +40,10 @@ void for_each_json_line(const std::string& path,
 // One JSON object a line; blank lines are skipped; a bad line is an error naming its line number.
 std::vector<VqaQuestion> read_llava_questions(const std::string& path);
 
+// An image file name from an image id and a printf-like pattern, without printf: the pattern holds exactly one
+// integer conversion %[0][width](d|i|u|ld|lld|lu|llu) (width <= 64) and any number of %% for a literal %;
+// e.g. "COCO_val2014_%012lld.jpg" and id 42 -> "COCO_val2014_000000000042.jpg". Anything else (%s, two
+// conversions, none) is a std::invalid_argument that quotes the pattern and says what is wrong.
+std::string image_name_from_pattern(const std::string& pattern, int64_t image_id);
+
 }  // namespace mole

@@ -38,9 +38,11 @@ std::vector<VqaQuestion> read_questions(const std::string& path, const std::stri
   if (ends_with(path, ".jsonl")) return read_llava_questions(path);
   std::vector<VqaQuestion> questions = read_vqav2_questions(path);
   for (VqaQuestion& q : questions) {
-    char name[512];
-    std::snprintf(name, sizeof(name), pattern.c_str(), static_cast<long long>(q.image_id));
-    q.image = name;
+    try {
+      q.image = image_name_from_pattern(pattern, q.image_id);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(std::string("eval-vqa --image-pattern: ") + e.what());
+    }
     q.text += kShortAnswerSuffix;
   }
   return questions;
@@ -61,7 +63,7 @@ int cmd_eval_vqa(int argc, char** argv) {
       .option("annotations", "ground truth: score the answers (VQAv2 annotations; GQA / ScienceQA / POPE files "
                              "as score-vqa reads them with --format)", "")
       .option("format", "vqav2, gqa, scienceqa or pope: which metric scores the answers", "vqav2")
-      .option("image-pattern", "VQAv2 questions: image file name from image_id (printf)", "COCO_val2014_%012lld.jpg")
+      .option("image-pattern", "VQAv2 questions: image file name from image_id (one integer conversion, e.g. %012lld; %% for %)", "COCO_val2014_%012lld.jpg")
       .option("limit", "answer only the first N questions and score against their annotations (0: all)", "0")
       .option("batch-size", "questions per generate() batch", "16")
       .option("max-new-tokens", "longest answer in tokens (LLaVA: 128)", "128")

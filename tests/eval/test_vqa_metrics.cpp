@@ -16,6 +16,7 @@
 #include "core/json_config.h"
 #include "data/llava_data.h"
 #include "eval/py_text.h"
+#include "eval/vqa_data.h"
 #include "eval/vqa_eval_files.h"
 #include "eval/vqa_metrics.h"
 
@@ -496,4 +497,19 @@ TEST_CASE("VQA metrics agree with the Python transcription of the official code"
   WARN("compared " << texts.size() << " texts x 6 functions, " << qs.size() << " question accuracies, "
                    << annotations.size() << "-question VQAv2 score: " << text_mismatches << " + "
                    << accuracy_mismatches << " mismatches");
+}
+
+TEST_CASE("image names come from the pattern without printf, and a bad pattern is a clear error") {
+  CHECK(image_name_from_pattern("COCO_val2014_%012lld.jpg", 42) == "COCO_val2014_000000000042.jpg");
+  CHECK(image_name_from_pattern("%d.png", 7) == "7.png");
+  CHECK(image_name_from_pattern("img_%5d.jpg", 42) == "img_   42.jpg");
+  CHECK(image_name_from_pattern("%03i_%%.jpg", -4) == "-04_%.jpg");
+  CHECK(image_name_from_pattern("%lu", 12) == "12");
+  // printf would read arguments that are not there (the crash of `--image-pattern '%s%s%s%s'`)
+  for (const std::string bad : {"%s%s%s%s", "%s.jpg", "%d_%d.jpg", "plain.jpg", "%", "%012", "%lllld", "%-5d",
+                                "%99999999999d", "%x", "%n"}) {
+    INFO(bad);
+    CHECK_THROWS_WITH(image_name_from_pattern(bad, 1), Catch::Matchers::Contains("image pattern '" + bad + "'"));
+  }
+  CHECK_THROWS_WITH(image_name_from_pattern("%u", -1), Catch::Matchers::Contains("negative image id"));
 }
