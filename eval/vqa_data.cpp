@@ -142,7 +142,8 @@ std::string image_name_from_pattern(const std::string& pattern, int64_t image_id
       throw fail("'" + pattern.substr(i, std::min<size_t>(j + 1, pattern.size()) - i) + "' is not an integer conversion");
     if (j - first_l > 2) throw fail("too many 'l' length modifiers");
     if (pattern[j] == 'u' && image_id < 0) throw fail("a negative image id " + std::to_string(image_id) + " for %u");
-    std::string digits = std::to_string(image_id < 0 ? -image_id : image_id);
+    // the magnitude in unsigned arithmetic: -INT64_MIN does not fit an int64_t
+    std::string digits = std::to_string(image_id < 0 ? 0 - uint64_t(image_id) : uint64_t(image_id));
     std::string sign = image_id < 0 ? "-" : "";
     const int64_t len = int64_t(sign.size() + digits.size());
     if (len < width) {

@@ -4,6 +4,7 @@
 // must agree exactly (same strings, same doubles).
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -505,6 +506,7 @@ TEST_CASE("image names come from the pattern without printf, and a bad pattern i
   CHECK(image_name_from_pattern("img_%5d.jpg", 42) == "img_   42.jpg");
   CHECK(image_name_from_pattern("%03i_%%.jpg", -4) == "-04_%.jpg");
   CHECK(image_name_from_pattern("%lu", 12) == "12");
+  CHECK(image_name_from_pattern("%lld", INT64_MIN) == "-9223372036854775808");
   // printf would read arguments that are not there (the crash of `--image-pattern '%s%s%s%s'`)
   for (const std::string bad : {"%s%s%s%s", "%s.jpg", "%d_%d.jpg", "plain.jpg", "%", "%012", "%lllld", "%-5d",
                                 "%99999999999d", "%x", "%n"}) {
