@@ -114,6 +114,8 @@ std::string parse_llava_record(const json& j, int64_t index, LlavaRecord* out) {
     const auto& id = j["id"];
     out->id = id.is_string() ? id.get<std::string>() : id.dump();
   }
+  out->category.clear();
+  if (j.contains("category") && j["category"].is_string()) out->category = j["category"].get<std::string>();
   out->images.clear();
   for (const char* key : {"image", "images"}) {  // LLaVA writes "image"; LLaMA-Factory's sharegpt "images"
     if (!j.contains(key) || j[key].is_null()) continue;

@@ -30,6 +30,7 @@ struct LlavaRecord {
   std::string file;                 // the file it was read from, for messages
   std::vector<std::string> images;  // relative paths as written, 0 or more
   std::vector<Turn> turns;
+  std::string category;             // the record's "category" when it is a string (its task family), else ""
 };
 
 // Why records were skipped, with the first few records (id and file) of each reason (for reports and logs).

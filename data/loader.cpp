@@ -213,6 +213,7 @@ DataLoader::DataLoader(std::shared_ptr<const LlavaDataset> dataset, std::shared_
 
   lengths_.reserve(n);
   for (const LlavaRecord& r : dataset_->records) lengths_.push_back(estimated_length(r, options_.n_image_tokens));
+  families_ = assign_families(dataset_->records, options_.family_source);
   int64_t per_epoch = n;  // samples an epoch holds
   if (!options_.file_weights.empty()) {
     std::map<std::string, size_t> group_of;
@@ -294,6 +295,7 @@ DataLoader::Slot DataLoader::build(int64_t global) {
     const std::vector<int64_t> records = batch_records(epoch, index);
     std::vector<PreparedSample> samples;
     std::vector<std::string> ids;
+    std::vector<int64_t> sample_family;
     for (int64_t r : records) {
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -309,6 +311,7 @@ DataLoader::Slot DataLoader::build(int64_t global) {
         continue;
       }
       ids.push_back(record.id);
+      sample_family.push_back(families_.of.empty() ? -1 : families_.of[size_t(r)]);
       samples.push_back(std::move(sample));
     }
     if (samples.empty()) return slot;
@@ -341,6 +344,13 @@ DataLoader::Slot DataLoader::build(int64_t global) {
     batch.labels = torch::full({n_rows, width}, kIgnoreIndex, torch::kInt64);  // (B|R, T)
     batch.attention_mask = torch::zeros({n_rows, width}, torch::kInt64);        // (B|R, T)
     if (options_.packing) batch.position_ids = positions_for_packing(batch.packed_rows, width);
+    if (!families_.names.empty()) {
+      batch.token_family = torch::full({n_rows, width}, -1, torch::kInt64);  // (B|R, T)
+      for (int64_t i = 0; i < n; ++i)
+        batch.token_family[row_of[size_t(i)]]
+            .narrow(0, start_of[size_t(i)], int64_t(samples[size_t(i)].tokens.input_ids.size()))
+            .fill_(sample_family[size_t(i)]);
+    }
     std::vector<torch::Tensor> pixels;
     auto ids_a = batch.input_ids.accessor<int64_t, 2>();
     auto labels_a = batch.labels.accessor<int64_t, 2>();

@@ -38,6 +38,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
+#include "data/families.h"
 #include "data/image.h"
 #include "data/llava_data.h"
 #include "language/conversation.h"
@@ -83,6 +84,8 @@ struct LoaderOptions {
   /// Called with each record before it is prepared; what it throws is that sample's failure, skipped and counted
   /// like any other (tests inject failures through it). Empty: none.
   std::function<void(const LlavaRecord&)> sample_hook;
+  /// Which task family each record's tokens count under in Batch::token_family (data/families.h).
+  FamilySource family_source = FamilySource::kNone;
 };
 
 // Where the loader stands: the next batch it will hand out. Saved in checkpoints; n_records, batch_size and the
@@ -112,6 +115,8 @@ struct Batch {
   PackedRows packed_rows;               // packed: the sample lengths of each row; empty when not packed
   torch::Tensor position_ids;           // packed: (R, T) int64, restarting at each sample; undefined when not
   torch::Tensor pixel_values;           // (I, 3, H, W) float32, images in sample order; undefined when none
+  torch::Tensor token_family;           // (B|R, T) int64: each token's family (DataLoader::family_names()), -1 on
+                                        // padding; undefined when the loader has no families
   int64_t n_tokens = 0;                 // sum of lengths
   int64_t n_supervised = 0;             // labels != kIgnoreIndex
   int64_t n_truncated = 0;              // samples cut to max_len
@@ -166,6 +171,8 @@ class DataLoader {
   // Bad records so far (reader and loader), each counted once.
   SkipReport skip_report() const;
   int64_t batches_per_epoch() const { return batches_per_epoch_; }
+  // The task families Batch::token_family indexes (empty: none) and what options().family_source resolved to.
+  const RecordFamilies& families() const { return families_; }
   // Seconds next() spent waiting for a batch that was not ready (the trainer waiting on data).
   double wait_seconds() const { return wait_seconds_; }
   const LoaderOptions& options() const { return options_; }
@@ -186,6 +193,7 @@ class DataLoader {
   std::shared_ptr<const ImageProcessor> images_;
   LoaderOptions options_;
   std::vector<int64_t> lengths_;
+  RecordFamilies families_;
   std::vector<std::vector<int64_t>> groups_;  // with file weights: each file's record indices
   std::vector<double> group_weights_;         // their weights; both empty when every file weighs 1
   int64_t batches_per_epoch_ = 0;

@@ -2,7 +2,8 @@
 //   images/train/NNNNNN.png, images/eval/NNNNNN.png
 //   captions.json        stage-1 alignment records (plain template): "<image>" -> caption
 //   instruct.json        stage-2 records: short-answer VQA, detailed descriptions, yes/no, multiple choice
-//                        (some two-turn), and text-only tasks (no image)
+//                        (some two-turn), and text-only tasks (no image); each with its task family as
+//                        "category" ("two_turn" for the two-turn ones)
 //   eval/vqav2_questions.json, eval/vqav2_annotations.json   held-out questions in the official VQAv2 format,
 //                        10 answers each with the variants a person would write ("2"/"two", "a circle")
 //   eval/llava_questions.jsonl   the same questions as LLaVA's eval question file (with the short-answer suffix)
@@ -347,7 +348,9 @@ json make_shapes_dataset(const ShapesOptions& o) {
         families[qas[k]->family] += 1;
         corpus += qas[k]->question + " " + qas[k]->answer + "\n";
       }
-      instruct.push_back({{"id", id}, {"image", rel}, {"conversations", conv}});
+      // the task family, for routing by family in training: a two-turn record's turns are of two families
+      const std::string category = qas.size() == 1 ? qas[0]->family : "two_turn";
+      instruct.push_back({{"id", id}, {"image", rel}, {"conversations", conv}, {"category", category}});
     };
     if (rng.chance(1.0 / 3)) {
       record("ins-" + std::to_string(i), {&first, &second});
@@ -359,7 +362,8 @@ json make_shapes_dataset(const ShapesOptions& o) {
   for (int64_t i = 0; i < o.n_text_train; ++i) {
     Qa qa = text_task(rng);
     instruct.push_back({{"id", "txt-" + std::to_string(i)},
-                        {"conversations", {turn("human", qa.question + qa.suffix), turn("gpt", qa.answer)}}});
+                        {"conversations", {turn("human", qa.question + qa.suffix), turn("gpt", qa.answer)}},
+                        {"category", qa.family}});
     families[qa.family] += 1;
     corpus += qa.question + " " + qa.answer + "\n";
   }

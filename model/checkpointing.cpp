@@ -38,7 +38,7 @@ torch::Tensor checkpointed_layer(torch::nn::Module& layer, const LayerRun& run, 
     LayerLosses reported;
     RoutingSinks sinks = first_sinks;
     sinks.losses = &reported;
-    if (recomputing) sinks.stats = nullptr, sinks.top1 = nullptr;  // the first run counted them
+    if (recomputing) sinks.stats = nullptr, sinks.top1 = nullptr, sinks.families = nullptr;  // the first run counted them
     RoutingSinkScope sink_scope(sinks);
     std::optional<RoutingContext> c = context;
     std::optional<RoutingScope> routing_scope;

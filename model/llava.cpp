@@ -162,12 +162,14 @@ torch::Tensor LlavaImpl::hidden(const torch::Tensor& input_ids, const torch::Ten
     for (const auto& row : *packed) samples[0].insert(samples[0].end(), row.begin(), row.end());
     auto ids = pick(input_ids), ones = torch::ones_like(ids);  // (1, N)
     RoutingContext context = routing_context_for(token_modality(ids), ones);
+    context.language = true;
     RoutingScope scope(&context);
     auto states = language_model->model->forward(embeds.reshape({-1, d}).index_select(0, keep).unsqueeze(0),
                                                  pick(positions), ones, nullptr, nullptr, &samples);  // (1, N, D)
     return torch::zeros({b * t, d}, states.options()).index_copy(0, keep, states[0]).view({b, t, d});
   }
   RoutingContext context = routing_context_for(token_modality(input_ids), mask);
+  context.language = true;
   RoutingScope scope(&context);
   return language_model->model->forward(embeds, positions, mask, nullptr, trace ? &trace->hidden_states : nullptr,
                                         packed);  // (B, T, D)
@@ -180,6 +182,7 @@ torch::Tensor LlavaImpl::generate(const torch::Tensor& input_ids, const torch::T
   auto mask = attention_mask.defined() ? attention_mask : torch::ones_like(input_ids);
   // Prompt tokens keep their modality; generated tokens are text, counted apart (phase kGenerate).
   RoutingContext context = routing_context_for(token_modality(input_ids), mask);
+  context.language = true;
   RoutingScope scope(&context);
   GenerateOptions with_modality = options;  // each step's tokens labelled before its forward
   auto prompt_modality = context.modality;

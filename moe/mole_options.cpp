@@ -52,6 +52,10 @@ Routing route_and_record(RouterImpl& router, const torch::Tensor& x, const std::
       sinks->losses->emplace_back(layer_name, balance_losses(routing, modality, valid, losses, expert_projections));
     }
     if (sinks->top1) (*sinks->top1)[layer_name] = routing.topk_index.select(1, 0).detach().cpu();
+    if (sinks->families) {
+      const RoutingContext* context = RoutingScope::current();
+      if (context && context->language) sinks->families->record(layer_name, routing);
+    }
   }
   return routing;
 }

@@ -19,6 +19,7 @@
 #include <torch/types.h>
 
 #include "moe/balance.h"
+#include "moe/family_routing.h"
 #include "moe/routing_stats.h"
 
 namespace mole {
@@ -28,6 +29,8 @@ struct RoutingContext {
   torch::Tensor modality;  // (N) int64, kModalityText / kModalityImage
   torch::Tensor valid;     // (N) bool, false on padding
   RoutePhase phase = RoutePhase::kPrefill;
+  // The language model's tokens (what the family statistics count); false for the vision tower's.
+  bool language = false;
 };
 
 class RoutingScope {
@@ -52,6 +55,8 @@ struct RoutingSinks {
   // Each layer's top-1 expert per token (N) int64 on the CPU, from the latest decision: what the routing
   // pictures colour image patches by. Costs a copy to the host per layer, so only tools set it.
   std::map<std::string, torch::Tensor>* top1 = nullptr;
+  // Top-1 experts by task family, language-model layers only (the trainer's; moe/family_routing.h).
+  FamilyRouting* families = nullptr;
 };
 
 class RoutingSinkScope {

@@ -75,7 +75,8 @@ void MetricsWindow::skipped_step(int64_t step, const StepStats& s, int64_t strea
                std::isfinite(s.loss) ? "gradient" : "loss", (long long)streak);
 }
 
-void MetricsWindow::write_window(const WindowPosition& at, const RoutingTable* routing) {
+void MetricsWindow::write_window(const WindowPosition& at, const RoutingTable* routing,
+                                 const FamilyRoutingTable* families) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double n = double(std::max<int64_t>(1, steps_));
   json aux = json::object();
@@ -107,6 +108,7 @@ void MetricsWindow::write_window(const WindowPosition& at, const RoutingTable* r
     for (const LayerInformation& l : info) mi[l.layer] = l.mi_modality, sum += l.mi_modality;
     line["expert_modality_mi"] = {{"mean", info.empty() ? 0.0 : sum / double(info.size())}, {"layers", mi}};
   }
+  if (families && !families->layers.empty()) line["expert_family"] = families->summary_json();
   write_event(line);
   if (lines_)
     std::fprintf(stderr, "[%s] step %lld/%lld loss %.4f lr %.2e grad %.3f %.0f tok/s wait %.2fs %s ETA %s\n",

@@ -1,7 +1,8 @@
 // What `mole train` reports as it goes: each optimizer step's numbers accumulate in a window of log_every steps,
 // shown three ways: a progress bar on a terminal (every step), a text line per window on stderr, and a JSON line
 // per window in RUN/metrics.jsonl (step, epoch, lr, loss, lm_loss, aux, grad_norm, tokens_per_s, samples_per_s,
-// data_wait_s, skipped_steps, skipped_records, seconds, and for MoLE the routing summary and expert_load).
+// data_wait_s, skipped_steps, skipped_records, seconds, and for MoLE the routing summary, expert_load,
+// expert_modality_mi and, when the data has task families, expert_family).
 // Non-finite steps and the run's end are events in the same log.
 #pragma once
 
@@ -13,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "moe/family_routing.h"
 #include "moe/routing_stats.h"
 #include "pipelines/train_config.h"
 
@@ -49,8 +51,10 @@ class MetricsWindow {
   void show_progress(const WindowPosition& at, const StepStats& step);
   // A step whose loss or gradient was not finite: logged as an event and counted in the window.
   void skipped_step(int64_t step, const StepStats& stats, int64_t streak);
-  // The window's JSON line and text line; then the window starts empty. routing: the window's statistics.
-  void write_window(const WindowPosition& at, const RoutingTable* routing);
+  // The window's JSON line and text line; then the window starts empty. routing: the window's statistics;
+  // families: its top-1 experts by task family (null or without layers: none).
+  void write_window(const WindowPosition& at, const RoutingTable* routing,
+                    const FamilyRoutingTable* families = nullptr);
   // Any other event line (e.g. the end of the run).
   void write_event(const nlohmann::json& event);
   // Ends the bar's line.

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fields.h"
+#include "data/families.h"
 #include "language/conversation.h"
 #include "model/adapters.h"
 #include "model/checkpointing.h"
@@ -83,6 +84,7 @@ struct DataSection {
   bool group_by_length = false;
   bool packing = true;
   bool strict = false;
+  FamilySource families = FamilySource::kAuto;
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
@@ -102,6 +104,9 @@ struct DataSection {
     v("packing", self.packing,
       "a batch's samples packed into rows of up to max_len, no padding between them (the same loss and gradients)");
     v("strict", self.strict, "a bad record is an error instead of a counted skip");
+    v("families", self.families, "task families for the routing-by-family statistics of MoLE runs: auto (the "
+                                 "records' category, else the training file when several, else the images' top "
+                                 "folder when several), category, file, image_folder, none");
   }
 };
 

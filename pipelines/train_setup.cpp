@@ -132,6 +132,7 @@ LoaderOptions loader_options(const TrainConfig& c, const Llava& model) {
   lo.n_image_tokens = model->config.n_image_features();
   lo.image_dir = c.data.images;
   lo.strict = c.data.strict;
+  lo.family_source = c.data.families;
   for (size_t i = 0; i < c.data.weights.size(); ++i) lo.file_weights[c.data.train[i]] = c.data.weights[i];
   return lo;
 }

@@ -111,6 +111,14 @@ RoutingTable pooled_routing(ProcessGroup& group, const RoutingTable& mine) {
   return group.is_main() ? pooled : mine;
 }
 
+FamilyRoutingTable pooled_families(ProcessGroup& group, const FamilyRoutingTable& mine) {
+  if (group.size() == 1) return mine;
+  FamilyRoutingTable pooled;
+  for (const std::string& text : group.gather_to_main(mine.to_json().dump()))
+    pooled.merge(FamilyRoutingTable::from_json(json::parse(text), "family routing of a rank"));
+  return group.is_main() ? pooled : mine;
+}
+
 SkipReport pooled_skips(ProcessGroup& group, const SkipReport& mine) {
   if (group.size() == 1) return mine;
   SkipReport pooled;
@@ -129,7 +137,8 @@ std::vector<torch::Tensor> trainable_tensors(const AdamW& optimizer) {
 }  // namespace
 
 StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
-                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group) {
+                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group,
+                     FamilyRouting* families) {
   StepStats s;
   const double share = 1.0 / double(grad_accum);
   for (int64_t micro = 0; micro < grad_accum; ++micro) {
@@ -142,6 +151,10 @@ StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, i
     const bool packed = !batch->packed_rows.empty();
     const torch::Tensor positions = packed ? batch->position_ids.to(device) : torch::Tensor();
     losses.clear();
+    if (families && batch->token_family.defined()) {  // in the order the decoder's MoLE layers see the tokens
+      const torch::Tensor family = batch->token_family.to(device).reshape({-1});
+      families->set_tokens(packed ? family.masked_select(mask.reshape({-1}).to(torch::kBool)) : family);
+    }
     // Autocast keeps the bf16 copy of each float32 weight it cast until its cache is cleared (Python clears it
     // when the outermost autocast block ends); the run's guard never ends, so each forward starts afresh here,
     // reading the weights the last optimizer step (or anything else) wrote.
@@ -435,7 +448,11 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
   RoutingStats routing;  // this logging window's routing decisions
   LayerLosses routing_losses;
   const bool bf16 = c.optim.bf16 == Bf16Mode::kOn || (c.optim.bf16 == Bf16Mode::kAuto && device.is_cuda());
-  TrainingGuard guard(device, bf16, RoutingSinks{&routing, &routing_losses});
+  // by task family too, when the data has families (data.families)
+  std::optional<FamilyRouting> families;
+  if (!loader.families().names.empty()) families.emplace(loader.families().names);
+  FamilyRouting* family_sink = families ? &*families : nullptr;
+  TrainingGuard guard(device, bf16, RoutingSinks{&routing, &routing_losses, nullptr, family_sink});
   std::optional<MetricsWindow> window;  // rank 0's
   if (main_rank) {
     if (resume_from) truncate_metrics(c.out_dir + "/metrics.jsonl", state.step);
@@ -461,9 +478,9 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
     if (state.step + 1 == c.run.profile_step && main_rank) {  // the step's forward and backward, op by op
       torch::autograd::profiler::RecordProfile profile(c.out_dir + "/profile_step_" +
                                                         std::to_string(c.run.profile_step) + ".json");
-      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp);
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp, family_sink);
     } else {
-      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp);
+      stats = train_step(model, loader, optimizer, c.optim.grad_accum, device, routing_losses, dp, family_sink);
     }
     std::tie(stop_agreed, skipped_records) =
         agree_on_step(group, stats, TrainingGuard::interrupted(), loader.skip_report().total());
@@ -499,8 +516,10 @@ TrainResult run_training(const TrainConfig& c, bool resume, const TrainHooks& ho
       at.epoch = double(loader.state().epoch) + double(loader.state().batch) / double(loader.batches_per_epoch());
       at.skipped_records = skipped_records;
       const RoutingTable table = pooled_routing(group, routing.table());
-      if (window) window->write_window(at, &table);
+      const FamilyRoutingTable by_family = families ? pooled_families(group, families->table()) : FamilyRoutingTable{};
+      if (window) window->write_window(at, &table, &by_family);
       routing.reset();
+      if (families) families->reset();
     }
     const bool eval_now = eval_data && ((c.run.eval_every > 0 && state.step % c.run.eval_every == 0) ||
                                         state.step == state.total_steps);

@@ -85,8 +85,10 @@ TrainResult run_training(const TrainConfig& config, bool resume, const TrainHook
 // token cross-entropy, -100 ignored, plus the weighted balance losses the MoLE layers report into `losses`)
 // weighing 1/grad_accum, as the HF Trainer; gradients are left on the parameters, averaged over the ranks of
 // `group` when there is one (dist/data_parallel.h), and their norm measured. The stats are this rank's.
+// `families`: told each batch's token families (Batch::token_family) before its forward, when both exist.
 StepStats train_step(Llava& model, DataLoader& loader, const AdamW& optimizer, int64_t grad_accum,
-                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group = nullptr);
+                     const torch::Device& device, LayerLosses& losses, ProcessGroup* group = nullptr,
+                     FamilyRouting* families = nullptr);
 
 // The mean next-token loss over a whole held-out set (data.eval): the model in eval mode, no gradients, no routing
 // statistics; under data parallelism each rank takes its shard and the sums are pooled.

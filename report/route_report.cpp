@@ -102,6 +102,32 @@ ExpertLoadHistory read_expert_load_log(const std::string& path) {
     }
     size_t step = h.steps.size();
     h.steps.push_back(j["step"].get<int64_t>());
+    // information per layer: {"layers": {LAYER: nats}} and {"families": [...], "layers": {LAYER: {"nmi": x}}}
+    for (auto& [name, per_step] : h.modality_mi) per_step.push_back(NAN);
+    for (auto& [name, per_step] : h.family_nmi) per_step.push_back(NAN);
+    auto information = [&](const char* key, std::map<std::string, std::vector<double>>& into, const char* field) {
+      if (!j.contains(key)) return;
+      const json& block = j[key];
+      if (!block.is_object() || !block.contains("layers") || !block["layers"].is_object())
+        throw std::runtime_error(where + key + " must be {\"layers\": {LAYER: ...}}");
+      for (const auto& [layer, v] : block["layers"].items()) {
+        const json& value = field ? (v.is_object() && v.contains(field) ? v[field] : json()) : v;
+        if (!value.is_number())
+          throw std::runtime_error(where + key + ".layers." + layer + (field ? std::string(".") + field : "") +
+                                   " must be a number");
+        auto& per_step = into[layer];
+        per_step.resize(step + 1, NAN);
+        per_step[step] = value.get<double>();
+      }
+    };
+    information("expert_modality_mi", h.modality_mi, nullptr);
+    information("expert_family", h.family_nmi, "nmi");
+    if (j.contains("expert_family") && j["expert_family"].contains("families") &&
+        j["expert_family"]["families"].is_array()) {
+      h.families.clear();
+      for (const auto& f : j["expert_family"]["families"])
+        if (f.is_string()) h.families.push_back(f.get<std::string>());
+    }
     for (auto& [modality, per_layer] : h.load)  // a NaN slot for every known layer; filled below if logged
       for (auto& steps : per_layer) steps.emplace_back();
     for (const auto& [modality, rows] : load.items()) {
@@ -461,6 +487,47 @@ void load_figures(Report& r, const ExpertLoadHistory& h, json& out) {
   plot_lines(r.path("load_max_share.png"), max_share);
   r.add(s, "load_max_share.png", "Top-k share of the busiest expert, averaged over layers: 1/E when balanced, "
                                  "1/top_k when every token uses the same experts.");
+  // the information the experts carry over training, first / middle / last layer of each block
+  auto over_training = [&](const std::map<std::string, std::vector<double>>& per_layer, const std::string& file,
+                           const std::string& title, const std::string& y_label, const std::string& caption) {
+    if (per_layer.empty()) return json();
+    std::vector<std::string> names;  // in the load's layer order, then any others
+    for (const std::string& l : h.layers)
+      if (per_layer.count(l)) names.push_back(l);
+    for (const auto& [l, v] : per_layer)
+      if (std::find(names.begin(), names.end(), l) == names.end()) names.push_back(l);
+    const std::vector<std::string> short_names = short_layer_names(names);
+    std::vector<size_t> shown = {0, names.size() / 2, names.size() - 1};
+    shown.erase(std::unique(shown.begin(), shown.end()), shown.end());
+    LinePlot plot(title, "step", y_label);
+    plot.y_min = 0.0;
+    json numbers = json::object();
+    for (size_t i = 0; i < names.size(); ++i) {
+      std::vector<double> y = per_layer.at(names[i]);
+      y.resize(steps.size(), NAN);
+      json a = json::array();
+      for (double v : y) a.push_back(std::isfinite(v) ? json(v) : json());
+      numbers[names[i]] = a;
+      if (std::find(shown.begin(), shown.end(), i) != shown.end())
+        plot.series.push_back({"layer " + short_names[i], steps, y, category_color(int(plot.series.size()))});
+    }
+    plot_lines(r.path(file), plot);
+    r.add(s, file, caption);
+    return numbers;
+  };
+  json mi = over_training(h.modality_mi, "modality_mi_over_training.png",
+                          "I(top-1 expert; modality) over training", "nats",
+                          "Mutual information between each token's top-1 expert and its modality (image or text) "
+                          "per logging window, first, middle and last layer (nats; 0: the expert says nothing "
+                          "about the modality, ln 2 = 0.69 at most for two balanced modalities).");
+  if (!mi.is_null()) out["modality_mi"] = mi;
+  json nmi = over_training(h.family_nmi, "family_nmi_over_training.png",
+                           "I(top-1 expert; task family) / H(family) over training", "normalised MI",
+                           "How much the top-1 expert tells about the record's task family per logging window "
+                           "(the data.families setting; families: " + join(h.families) + "), first, middle and "
+                           "last language-model layer: 0 when the choice is independent of the family, 1 when "
+                           "it names it.");
+  if (!nmi.is_null()) out["family_nmi"] = nmi, out["families"] = h.families;
   r.sections.push_back(s);
 }
 

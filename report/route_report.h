@@ -44,9 +44,14 @@ struct ExpertLoadHistory {
   std::vector<std::string> layers;              // (L) in first-logged order
   std::vector<int> n_experts;                   // (L)
   std::map<std::string, std::vector<std::vector<std::vector<double>>>> load;  // modality -> (L, S, E)
+  // What the top-1 expert says about the token, per layer over the same steps (NaN where a line has none):
+  // expert_modality_mi (nats) and, when the data has task families, expert_family's normalised MI.
+  std::map<std::string, std::vector<double>> modality_mi, family_nmi;  // layer -> (S)
+  std::vector<std::string> families;                                   // the last logged family list
 };
 
-// Reads the lines of a JSON Lines metrics log that carry "expert_load" (others are skipped). Throws naming the file
+// Reads the lines of a JSON Lines metrics log that carry "expert_load" (others are skipped), with their
+// expert_modality_mi and expert_family blocks. Throws naming the file
 // and line when the file cannot be read, a line is not JSON, or the expert_load block is malformed.
 ExpertLoadHistory read_expert_load_log(const std::string& path);
 

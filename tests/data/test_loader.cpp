@@ -278,6 +278,48 @@ TEST_CASE("loader batches: right padding, labels, masks and stacked images", "[u
   CHECK(batches[0].ids == std::vector<std::string>{"g0", "g1", "g2", "g3"});
 }
 
+TEST_CASE("token families: each sample's tokens carry its record's family and padding -1, padded and packed",
+          "[unit][data][loader]") {
+  Fixture f = make_dataset("loader_families", 9, false);
+  auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));
+  for (bool packing : {false, true}) {
+    DYNAMIC_SECTION((packing ? "packed" : "padded")) {
+      LoaderOptions o = small_options(f);
+      o.shuffle = false;
+      o.packing = packing;
+      o.family_source = FamilySource::kImageFolder;  // images at the top of the folder: ".", text-only: "text"
+      DataLoader loader(dataset, f.tokenizer, f.images, o);
+      REQUIRE(loader.families().names == std::vector<std::string>{".", "text"});
+      for (const Batch& b : drain(loader)) {
+        REQUIRE(b.token_family.defined());
+        REQUIRE(b.token_family.sizes() == b.input_ids.sizes());
+        CHECK(((b.token_family == -1) == (b.attention_mask == 0)).all().item<bool>());
+        // walk the samples in order through the rows
+        int64_t sample = 0;
+        const int64_t rows = b.input_ids.size(0);
+        for (int64_t row = 0; row < rows; ++row) {
+          const std::vector<int64_t> lengths =
+              packing ? b.packed_rows[size_t(row)] : std::vector<int64_t>{b.lengths[size_t(row)]};
+          int64_t start = 0;
+          for (int64_t len : lengths) {
+            const std::string& id = b.ids[size_t(sample)];
+            const int64_t number = id == "last" ? 2 : std::stoll(id.substr(1));  // "last" is text-only
+            const int64_t expected = number % 3 == 2 ? 1 : 0;
+            INFO(id);
+            CHECK((b.token_family[row].slice(0, start, start + len) == expected).all().item<bool>());
+            start += len, ++sample;
+          }
+        }
+        CHECK(sample == b.size());
+      }
+    }
+  }
+  LoaderOptions none = small_options(f);  // no families: no tensor
+  DataLoader loader(dataset, f.tokenizer, f.images, none);
+  CHECK(loader.families().names.empty());
+  CHECK(!loader.next()->token_family.defined());
+}
+
 TEST_CASE("loader order depends on seed and epoch only, not on the worker count", "[unit][data][loader]") {
   Fixture f = make_dataset("loader_order", 21, false);
   auto dataset = std::make_shared<const LlavaDataset>(read_llava_dataset(f.data));

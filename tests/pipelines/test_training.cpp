@@ -280,6 +280,20 @@ void check_same_run(const std::string& one, const std::string& many, bool routed
       CHECK(std::abs(a[i]["routing"][m]["entropy"].get<double>() - b[i]["routing"][m]["entropy"].get<double>()) <
             1e-6);
     }
+    // routing by task family (the shapes records' categories), pooled over the ranks too
+    REQUIRE(a[i].contains("expert_family"));
+    REQUIRE(b[i].contains("expert_family"));
+    const json& fa = a[i]["expert_family"];
+    const json& fb = b[i]["expert_family"];
+    CHECK(fa["families"] == fb["families"]);
+    CHECK(std::abs(fa["mean_nmi"].get<double>() - fb["mean_nmi"].get<double>()) < 1e-9);
+    REQUIRE(fa["layers"].size() == fb["layers"].size());
+    for (const auto& [layer, l] : fa["layers"].items()) {
+      INFO(layer);
+      REQUIRE(fb["layers"].contains(layer));
+      CHECK(l["tokens"] == fb["layers"][layer]["tokens"]);
+      CHECK(l["tokens"].get<double>() == a[i]["tokens"].get<double>());  // every language-model token, once
+    }
   }
 }
 
