@@ -367,7 +367,12 @@ TEST_CASE("route report: a metrics log of 5 steps gives the load over training",
                    {"text", {{0.25, 0.25, 0.25, 0.25}, {0.25, 0.25, 0.25, 0.25}, {0.3, 0.2, 0.25, 0.25}}},
                    {"image",
                     {{0.25 - d, 0.25 - d, 0.25 + 2 * d, 0.25}, {0.25, 0.25, 0.25, 0.25}, {0.1, 0.1, 0.7, 0.1}}}};
-      out << json{{"step", s * 100}, {"loss", 2.0 - 0.1 * s}, {"expert_load", load}}.dump() << "\n";
+      json line = {{"step", s * 100}, {"loss", 2.0 - 0.1 * s}, {"expert_load", load},
+                   {"expert_modality_mi", {{"mean", 0.1 * s}, {"layers", {{layer_name(0), 0.1 * s}}}}}};
+      if (s >= 3)  // from step 300 the data has families (the information block of a language-model layer)
+        line["expert_family"] = {{"families", {"vqa", "mc"}}, {"mean_nmi", 0.2},
+                                 {"layers", {{layer_name(1), {{"tokens", 10.0}, {"mi", 0.1}, {"nmi", 0.02 * s}}}}}};
+      out << line.dump() << "\n";
     }
   }
   ExpertLoadHistory h = read_expert_load_log(log);
@@ -375,17 +380,28 @@ TEST_CASE("route report: a metrics log of 5 steps gives the load over training",
   CHECK(h.layers.size() == 3);
   REQUIRE(h.load.count("image") == 1);
   CHECK(h.load["image"][0][4] == std::vector<double>{0.0, 0.0, 0.75, 0.25});
+  REQUIRE(h.modality_mi.count(layer_name(0)) == 1);
+  CHECK(h.modality_mi[layer_name(0)][4] == Approx(0.5));
+  REQUIRE(h.family_nmi.count(layer_name(1)) == 1);
+  REQUIRE(h.family_nmi[layer_name(1)].size() == 5);
+  CHECK(std::isnan(h.family_nmi[layer_name(1)][1]));  // not logged before step 300
+  CHECK(h.family_nmi[layer_name(1)][4] == Approx(0.1));
+  CHECK(h.families == std::vector<std::string>{"vqa", "mc"});
 
   RouteReportOptions options;
   options.metrics_log = log;
   RouteReport report = write_route_report(dir, specialised_stats(3, 4), options);
   check_files(report);
   for (const char* file : {"load_text_L0.png", "load_text_L1.png", "load_text_L2.png", "load_image_L0.png",
-                           "load_image_L1.png", "load_image_L2.png", "load_cv2.png", "load_max_share.png"})
+                           "load_image_L1.png", "load_image_L2.png", "load_cv2.png", "load_max_share.png",
+                           "modality_mi_over_training.png", "family_nmi_over_training.png"})
     CHECK(fs::exists(dir + "/" + file));
   json routes = json::parse(read_text(report.json));
   const json& over = routes["load_over_training"];
   CHECK(over["steps"].size() == 5);
+  CHECK(over["family_nmi"][layer_name(1)][0].is_null());
+  CHECK(over["family_nmi"][layer_name(1)][2].get<double>() == Approx(0.06));
+  CHECK(over["modality_mi"][layer_name(0)][0].get<double>() == Approx(0.1));
   // Mean over the three layers of the busiest image expert's share at step 500: (0.75 + 0.25 + 0.7) / 3.
   CHECK(over["mean_max_share"]["image"][4].get<double>() == Approx((0.75 + 0.25 + 0.7) / 3));
   CHECK(over["mean_load_cv2"]["text"][0].get<double>() > 0.0);  // layer 2's text load is a little uneven
@@ -429,6 +445,13 @@ TEST_CASE("route report: bad input fails with a message that says what is wrong"
     out << "{\"step\": 1}\n{\"step\": 2, \"loss\": \n";
   }
   CHECK_THROWS_WITH(read_expert_load_log(options.metrics_log), Contains("bad.jsonl:2: not a JSON line"));
+  {
+    std::ofstream out(options.metrics_log);
+    out << "{\"step\": 2, \"expert_load\": {\"layers\": [\"a\"], \"text\": [[0.5, 0.5]]}, "
+           "\"expert_family\": {\"layers\": {\"a\": {\"nmi\": \"high\"}}}}\n";
+  }
+  CHECK_THROWS_WITH(read_expert_load_log(options.metrics_log),
+                    Contains("bad.jsonl:1") && Contains("expert_family.layers.a.nmi must be a number"));
 
   std::string file = dir + "/a_file";
   std::ofstream(file) << "x";
