@@ -1,7 +1,9 @@
 #include "core/fields.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <sstream>
 
 namespace mole {
 
@@ -58,6 +60,27 @@ void FieldReader::finish() const {
   }
 }
 
+std::string Bounds::text(bool integer) const {
+  auto num = [&](double v) {
+    if (integer && std::abs(v) < 9.2e18) return std::to_string(int64_t(v));
+    std::ostringstream out;
+    out << v;
+    return out.str();
+  };
+  const bool low = std::isfinite(min), high = std::isfinite(max);
+  if (integer && low && high && !min_open && !max_open) return num(min) + ".." + num(max);
+  if (low && high)
+    return std::string(min_open ? "(" : "[") + num(min) + ", " + num(max) + (max_open ? ")" : "]");
+  if (low) return std::string(min_open ? "> " : ">= ") + num(min);
+  if (high) return std::string(max_open ? "< " : "<= ") + num(max);
+  return "any number";
+}
+
+std::string Bounds::requirement(bool integer) const {
+  const std::string t = text(integer);
+  return t[0] == '>' || t[0] == '<' ? t : "in " + t;
+}
+
 std::string fields_help(const std::vector<FieldDoc>& rows) {
   size_t key_width = 0;
   for (const auto& row : rows) key_width = std::max(key_width, row.key.size());
@@ -65,6 +88,7 @@ std::string fields_help(const std::vector<FieldDoc>& rows) {
   for (const auto& row : rows) {
     std::string line = "  " + row.key + std::string(key_width - row.key.size() + 2, ' ');
     std::string type = row.type;
+    if (row.bounds) type += " " + row.bounds->text(row.integer);
     if (!row.fallback.is_null()) type += " = " + row.fallback.dump();
     line += type;
     if (!row.doc.empty()) line += "\n" + std::string(key_width + 6, ' ') + row.doc;

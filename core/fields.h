@@ -6,11 +6,11 @@
 //     Gating gating = Gating::kTopkSoftmax;
 //     BalanceLossOptions losses;                      // a struct with its own list: a nested object
 //     template <class Self, class V> static void fields(Self& self, V& v) {
-//       v("rank", self.rank, "LoRA rank");
+//       v("rank", self.rank, "LoRA rank", between(1, 4096));  // a range: checked on read, shown in --help
 //       v("gating", self.gating, "how router logits become gate weights");
 //       v("losses", self.losses, "balance losses");
 //     }
-//     void validate(const FieldPath& at) const;         // optional: cross-field and range rules
+//     void validate(const FieldPath& at) const;         // optional: rules across fields
 //   };
 //
 //   read_fields<LoraThing>(json, "run.json")  -> a struct; every key optional (the default stays), a key the list
@@ -25,6 +25,7 @@
 // Enumerations are read and written by name through their one name table (EnumTable below).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -95,6 +96,25 @@ struct FieldPath {
 // The known name closest to `name` by edit distance (for "did you mean"); "" when none is close.
 std::string nearest_name(const std::string& name, const std::vector<std::string>& known);
 
+// ---- bounds: the range a numeric field accepts -----------------------------------------------------------------
+
+// A numeric field's range, declared in its field list (v(key, value, doc, Bounds{...})): read_field refuses what is
+// outside it, naming the dotted key, and the documentation shows it. Open ends exclude the limit (lr > 0).
+// Applies to integers, numbers and lists of them (each item).
+struct Bounds {
+  double min = -HUGE_VAL, max = HUGE_VAL;
+  bool min_open = false, max_open = false;
+  bool contains(double v) const {
+    return (min_open ? v > min : v >= min) && (max_open ? v < max : v <= max);
+  }
+  std::string text(bool integer) const;         // "1..4096", "[0, 1)", "(0, 10]", ">= 0"
+  std::string requirement(bool integer) const;  // "in 1..4096", "in [0, 1)", ">= 0": what an error says
+};
+inline Bounds at_least(double min) { return {min, HUGE_VAL}; }
+inline Bounds above(double min) { return {min, HUGE_VAL, true}; }
+inline Bounds between(double min, double max) { return {min, max}; }
+inline Bounds unit_open_above() { return {0.0, 1.0, false, true}; }  // [0, 1): a probability that is not 1
+
 // ---- type traits the visitors dispatch on --------------------------------------------------------------------
 
 template <class T, class = void>
@@ -118,6 +138,18 @@ struct is_vector : std::false_type {};
 template <class T>
 struct is_vector<std::vector<T>> : std::true_type {};
 
+// The element type under optional<> and vector<> (int64_t for std::vector<int64_t>).
+template <class T>
+struct scalar_of {
+  using type = T;
+};
+template <class T>
+struct scalar_of<std::optional<T>> : scalar_of<T> {};
+template <class T>
+struct scalar_of<std::vector<T>> : scalar_of<T> {};
+template <class T>
+using scalar_of_t = typename scalar_of<T>::type;
+
 // Type names shown in documentation.
 template <class T>
 std::string field_type_name() {
@@ -140,7 +172,7 @@ json field_to_json(const T& value);
 class FieldWriter {
  public:
   template <class T>
-  void operator()(const char* key, const T& value, const char* /*doc*/) {
+  void operator()(const char* key, const T& value, const char* /*doc*/, const Bounds& = {}) {
     out[key] = field_to_json(value);
   }
   json out = json::object();
@@ -186,9 +218,27 @@ class FieldReader {
     if (it == object_.end() || it->is_null()) return;  // absent: the default stays
     read_field(*it, value, at_, key, unknown_);
   }
+  template <class T>
+  void operator()(const char* key, T& value, const char* doc, const Bounds& bounds) {
+    (*this)(key, value, doc);
+    check_bounds(value, bounds, key);
+  }
   void finish() const;
 
  private:
+  template <class T>
+  void check_bounds(const T& value, const Bounds& bounds, const std::string& key) const {
+    if constexpr (is_optional<T>::value) {
+      if (value) check_bounds(*value, bounds, key);
+    } else if constexpr (is_vector<T>::value) {
+      for (size_t i = 0; i < value.size(); ++i) check_bounds(value[i], bounds, key + "[" + std::to_string(i) + "]");
+    } else if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) {
+      if (!bounds.contains(double(value)))
+        at_.fail(key, "must be " + bounds.requirement(std::is_integral_v<T>) + ", got " + json(value).dump());
+    } else {
+      static_assert(std::is_arithmetic_v<T>, "Bounds are for numeric fields");
+    }
+  }
   const json& object_;
   FieldPath at_;
   UnknownKeys unknown_;
@@ -282,11 +332,19 @@ struct FieldDoc {
   std::string type;   // integer, number, bool, string, "a, b, c" (an enum's names), list of ..., object
   json fallback;      // the default
   std::string doc;
+  std::optional<Bounds> bounds{};  // numeric fields that declare their range
+  bool numeric = false;            // an integer or number (or a list or optional of them)
+  bool integer = false;
 };
 
 class FieldDocumenter {
  public:
   explicit FieldDocumenter(std::string prefix = "") : prefix_(std::move(prefix)) {}
+  template <class T>
+  void operator()(const char* key, const T& value, const char* doc, const Bounds& bounds) {
+    (*this)(key, value, doc);
+    rows.back().bounds = bounds;
+  }
   template <class T>
   void operator()(const char* key, const T& value, const char* doc) {
     const std::string dotted = prefix_.empty() ? key : prefix_ + "." + key;
@@ -299,6 +357,9 @@ class FieldDocumenter {
       rows.insert(rows.end(), nested.rows.begin(), nested.rows.end());
     } else {
       rows.push_back({dotted, field_type_name<T>(), field_to_json(value), doc});
+      using Scalar = scalar_of_t<T>;
+      rows.back().numeric = std::is_arithmetic_v<Scalar> && !std::is_same_v<Scalar, bool>;
+      rows.back().integer = std::is_integral_v<Scalar> && !std::is_same_v<Scalar, bool>;
     }
   }
   std::vector<FieldDoc> rows;

@@ -1,5 +1,6 @@
 #include "eval/routes.h"
 
+#include <stdexcept>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -75,8 +76,11 @@ RouteCollection collect_routes(TrainedModel& m, const std::vector<VqaQuestion>& 
   if (layers.empty()) return out;  // no MoLE layer: nothing routed
 
   // patch pictures: one prefill per image, the top-1 expert of each image token at the chosen layer
-  const int64_t layer_index = options.layer >= 0 ? std::min<int64_t>(options.layer, int64_t(layers.size()) - 1)
-                                                 : int64_t(layers.size()) / 2;
+  if (options.layer >= int64_t(layers.size()))
+    throw std::invalid_argument("routes --layer " + std::to_string(options.layer) + ": the model has " +
+                                std::to_string(layers.size()) + " routed layers (0 to " +
+                                std::to_string(layers.size() - 1) + "; -1: the middle one)");
+  const int64_t layer_index = options.layer >= 0 ? options.layer : int64_t(layers.size()) / 2;
   const std::string& layer = layers[size_t(layer_index)];
   const ImageProcessor images(m.image_config);
   const int64_t side = m.model->config.vision.image_size / m.model->config.vision.patch_size;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fields.h"
+#include "core/limits.h"
 #include "model/llava.h"
 #include "moe/mole_options.h"
 
@@ -57,8 +58,8 @@ struct AdapterConfig {
     v("target_regex", self.target_regex, "when set: adapt the Linears whose full name matches (replaces "
                                          "targets, parts and layers)");
     v("parts", self.parts, "parts of the model that get adapters");
-    v("layers", self.layers, "layer indices that get adapters (empty: all)");
-    v("mole_layers", self.mole_layers, "of those, the layers that get MoLE (empty: all); the rest get LoRA");
+    v("layers", self.layers, "layer indices that get adapters (empty: all)", between(0, kMaxLayers - 1));
+    v("mole_layers", self.mole_layers, "of those, the layers that get MoLE (empty: all); the rest get LoRA", between(0, kMaxLayers - 1));
     v("lora_elsewhere", self.lora_elsewhere, "plain LoRA on selected targets outside mole_layers (else none)");
     MoleOptions::fields(self.mole, v);
     v("base_model", self.base_model, "path or name of the base checkpoint (filled in by mole)");

@@ -22,6 +22,7 @@
 #include <torch/types.h>
 
 #include "core/fields.h"
+#include "core/limits.h"
 #include "moe/routing.h"
 
 namespace mole {
@@ -41,13 +42,13 @@ struct BalanceLossOptions {  // coefficients; 0 = off
   // The one field list (core/fields.h): JSON keys are the field names; a misspelt coefficient is an error.
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("switch_aux", self.switch_aux, "Switch Transformers load-balancing loss: n * sum_i f_i P_i");
-    v("importance", self.importance, "CV^2 of the summed gate weights per expert (Shazeer et al. 2017)");
-    v("load", self.load, "CV^2 of the tokens per expert (a count: no gradient)");
-    v("z_loss", self.z_loss, "ST-MoE router z-loss: mean (logsumexp z)^2");
-    v("sq_dev", self.sq_dev, "sum_i (1/n - mean gate_i)^2");
-    v("contrastive", self.contrastive, "InfoNCE over experts on their normalised A x (docs/MOE.md)");
-    v("contrastive_tau", self.contrastive_tau, "temperature of the contrastive loss's cosines (> 0)");
+    v("switch_aux", self.switch_aux, "Switch Transformers load-balancing loss: n * sum_i f_i P_i", at_least(0));
+    v("importance", self.importance, "CV^2 of the summed gate weights per expert (Shazeer et al. 2017)", at_least(0));
+    v("load", self.load, "CV^2 of the tokens per expert (a count: no gradient)", at_least(0));
+    v("z_loss", self.z_loss, "ST-MoE router z-loss: mean (logsumexp z)^2", at_least(0));
+    v("sq_dev", self.sq_dev, "sum_i (1/n - mean gate_i)^2", at_least(0));
+    v("contrastive", self.contrastive, "InfoNCE over experts on their normalised A x (docs/MOE.md)", at_least(0));
+    v("contrastive_tau", self.contrastive_tau, "temperature of the contrastive loss's cosines (> 0)", Bounds{0, 1e6, true});
     v("switch_use_topk", self.switch_use_topk, "switch_aux counts every top-k slot, not only the top-1");
     v("per_modality", self.per_modality, "each loss per modality over its allowed experts, then averaged");
   }

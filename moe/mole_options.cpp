@@ -27,6 +27,9 @@ LoraOptions lora_options(int64_t in_features, int64_t out_features, const MoleOp
 void MoleOptions::validate(const FieldPath& at) const {
   if (n_experts() < 1) at.fail("n_experts", "must be >= 1, got " + std::to_string(n_experts()));
   if (rank() < 1) at.fail("rank", "must be >= 1, got " + std::to_string(rank()));
+  if (n_experts() > kMaxExpertRank / rank())  // each layer's A and B are experts x rank wide
+    at.fail("n_experts", "x rank is " + std::to_string(n_experts()) + " x " + std::to_string(rank()) +
+                             ", more than " + std::to_string(kMaxExpertRank) + " per layer");
   if (routing().top_k() < 1 || routing().top_k() > n_experts())
     at.fail("top_k", "must be in 1..n_experts (" + std::to_string(n_experts()) + "), got " +
                          std::to_string(routing().top_k()));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/fields.h"
+#include "core/limits.h"
 #include "moe/balance.h"
 #include "moe/lora.h"
 #include "moe/router.h"
@@ -51,11 +52,11 @@ struct MoleOptions {
   // The field list (core/fields.h): what adapter_config.json holds for these options, in one flat object.
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("rank", self.rank(), "LoRA rank of each expert (and of plain LoRA)");
-    v("alpha", self.alpha(), "LoRA alpha: deltas are scaled by alpha / rank (alpha / sqrt(rank) with rslora)");
-    v("dropout", self.dropout(), "dropout on the adapter input while training");
+    v("rank", self.rank(), "LoRA rank of each expert (and of plain LoRA)", between(1, kMaxRank));
+    v("alpha", self.alpha(), "LoRA alpha: deltas are scaled by alpha / rank (alpha / sqrt(rank) with rslora)", Bounds{0, 1e6, true});
+    v("dropout", self.dropout(), "dropout on the adapter input while training", unit_open_above());
     v("rslora", self.rslora(), "rank-stabilised scaling alpha / sqrt(rank)");
-    v("n_experts", self.n_experts(), "LoRA experts per MoLE layer");
+    v("n_experts", self.n_experts(), "LoRA experts per MoLE layer", between(1, kMaxExperts));
     RoutingOptions::fields(self.routing(), v);  // top_k, gating, ... in the same object
     v("shared_expert", self.shared_expert(), "an always-on LoRA beside the routed experts");
     v("dispatch", self.dispatch(), "how the experts are computed (auto: dense or sparse by size; all equal)");

@@ -14,6 +14,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "core/fields.h"
+#include "core/limits.h"
 
 #include "moe/routing.h"
 
@@ -43,13 +44,13 @@ struct RoutingOptions {
  public:  // (TORCH_ARG leaves the access private)
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("top_k", self.top_k(), "experts per token");
+    v("top_k", self.top_k(), "experts per token", between(1, kMaxExperts));
     v("gating", self.gating(), "how logits become gate weights (docs/MOE.md \"Gating\")");
     v("renormalize", self.renormalize(), "softmax_topk: the k chosen probabilities divided by their sum");
-    v("jitter", self.jitter(), "Switch jitter on the router input while training (0: off)");
+    v("jitter", self.jitter(), "Switch jitter on the router input while training (0: off)", unit_open_above());
     v("routing_mode", self.mode(), "learned, or modality-aware (docs/MOE.md \"Modality-aware routing\")");
     v("expert_modality", self.expert_modality(),
-      "modality_grouped: each expert's modality (0 text, 1 image, -1 shared by all)");
+      "modality_grouped: each expert's modality (0 text, 1 image, -1 shared by all)", between(0, kMaxModalities - 1));
   }
 };
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "core/limits.h"
 #include "core/json_config.h"
 #include "data/data_check.h"
 #include "model/llava_loader.h"
@@ -24,12 +25,12 @@ int cmd_check_data(int argc, char** argv) {
       .option("images", "folder the records' image paths are relative to", "", true)
       .option("tokenizer", "tokenizer folder (tokenizer.model + added tokens) or tokenizer.model file", "", true)
       .option("template", "conversation template: vicuna_v1, llava_llama_2, plain", "vicuna_v1")
-      .option("max-len", "sequence limit after image expansion (0: none)", "2048")
+      .integer("max-len", "sequence limit after image expansion (0: none)", 2048, 0, kMaxSequence)
       .option("model", "llava checkpoint folder: image tokens from its config.json, preprocessing from its "
                        "preprocessor_config.json", "")
-      .option("image-tokens", "ids per image when no --model is given (LLaVA-1.5: 576)", "576")
+      .integer("image-tokens", "ids per image when no --model is given (LLaVA-1.5: 576)", 576, 1, kMaxImageTokens)
       .option("preprocessor", "preprocessor_config.json (default: the model's, else LLaVA-1.5's values)", "")
-      .option("workers", "loader threads", "2")
+      .integer("workers", "loader threads", 2, 0, kMaxWorkers)
       .flag("strict", "stop with an error at the first bad record")
       .flag("json", "print the report as one JSON object");
   if (!args.parse(argc, argv)) return 0;
@@ -45,6 +46,9 @@ int cmd_check_data(int argc, char** argv) {
 
   std::string preprocessor = args.get("preprocessor");
   if (args.has("model")) {
+    if (args.given("image-tokens"))
+      throw UsageError("mole check-data: --image-tokens and --model are both given; the image tokens come from "
+                       "--model's config.json (drop --image-tokens, or --model to set them by hand)");
     const std::string dir = args.get("model");
     options.n_image_tokens = read_llava_config(dir).n_image_features();
     if (preprocessor.empty() && std::filesystem::exists(dir + "/preprocessor_config.json"))

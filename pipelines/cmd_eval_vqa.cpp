@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "core/limits.h"
 #include "core/json_config.h"
 #include "eval/answer.h"
 #include "eval/vqa_data.h"
@@ -64,9 +65,10 @@ int cmd_eval_vqa(int argc, char** argv) {
                              "as score-vqa reads them with --format)", "")
       .option("format", "vqav2, gqa, scienceqa or pope: which metric scores the answers", "vqav2")
       .option("image-pattern", "VQAv2 questions: image file name from image_id (one integer conversion, e.g. %012lld; %% for %)", "COCO_val2014_%012lld.jpg")
-      .option("limit", "answer only the first N questions and score against their annotations (0: all)", "0")
-      .option("batch-size", "questions per generate() batch", "16")
-      .option("max-new-tokens", "longest answer in tokens (LLaVA: 128)", "128")
+      .integer("limit", "answer only the first N questions and score against their annotations (0: all)", 0, 0,
+               kMaxCount)
+      .integer("batch-size", "questions per generate() batch", 16, 1, kMaxBatch)
+      .integer("max-new-tokens", "longest answer in tokens (LLaVA: 128)", 128, 1, kMaxSequence)
       .option("device", "cpu or cuda", "cpu")
       .option("model-id", "model_id written in answers.jsonl", "mole");
   if (!args.parse(argc, argv)) return 0;

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <string>
 
+#include "core/limits.h"
 #include "eval/answer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
@@ -16,7 +17,7 @@ int cmd_generate(int argc, char** argv) {
   args.option("model", "a mole run, checkpoint or final folder, or a llava-hf folder", "", true)
       .option("image", "image file; none: a text-only question", "")
       .option("prompt", "the question; none: read questions from stdin, one per line", "")
-      .option("max-new-tokens", "longest answer in tokens", "128")
+      .integer("max-new-tokens", "longest answer in tokens", 128, 1, kMaxSequence)
       .option("device", "cpu or cuda", "cpu")
       .option("adapter", "an adapter folder (mole's, or a PEFT LoRA one) to put on the model first", "")
       .option("template", "conversation template instead of the model's (e.g. the one an --adapter was trained "

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "core/limits.h"
 #include "data/shapes.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
@@ -22,12 +23,12 @@ int cmd_make_data(int argc, char** argv) {
             "Draw the synthetic shapes dataset: images, captions, instructions of conflicting answer styles, "
             "text-only tasks, VQAv2-format evaluation files and a text corpus. Same seed, same bytes.");
   args.option("out", "output folder", "", true)
-      .option("train", "training images", std::to_string(defaults.n_train))
-      .option("eval", "held-out images", std::to_string(defaults.n_eval))
-      .option("text-train", "text-only training records", std::to_string(defaults.n_text_train))
-      .option("text-eval", "text-only held-out questions", std::to_string(defaults.n_text_eval))
-      .option("size", "image side in pixels", std::to_string(defaults.size))
-      .option("seed", "random seed", "0");
+      .integer("train", "training images", defaults.n_train, 0, kMaxShapesImages)
+      .integer("eval", "held-out images", defaults.n_eval, 0, kMaxShapesImages)
+      .integer("text-train", "text-only training records", defaults.n_text_train, 0, kMaxShapesImages)
+      .integer("text-eval", "text-only held-out questions", defaults.n_text_eval, 0, kMaxShapesImages)
+      .integer("size", "image side in pixels", defaults.size, 16, 4096)
+      .integer("seed", "random seed", 0, 0, std::numeric_limits<int64_t>::max());
   if (!args.parse(argc, argv, 3)) return 0;
   ShapesOptions o;
   o.out_dir = args.get("out");

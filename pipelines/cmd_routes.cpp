@@ -5,6 +5,7 @@
 // routes.json and index.html.
 #include <cstdio>
 
+#include "core/limits.h"
 #include "eval/routes.h"
 #include "eval/answer.h"
 #include "pipelines/args.h"
@@ -21,9 +22,10 @@ int cmd_routes(int argc, char** argv) {
       .option("data", "LLaVA question .jsonl or LLaVA conversation file", "", true)
       .option("images", "folder the images are in", "")
       .option("out", "output folder", "", true)
-      .option("samples", "samples run through the model", "64")
-      .option("patch-images", "images drawn with the top expert of each patch", "4")
-      .option("layer", "routed layer (index in routing order) for the patch pictures; -1: the middle one", "-1")
+      .integer("samples", "samples run through the model", 64, 1, kMaxCount)
+      .integer("patch-images", "images drawn with the top expert of each patch", 4, 0, 64)
+      .integer("layer", "routed layer (index in routing order) for the patch pictures; -1: the middle one", -1,
+               -1, kMaxLayers)
       .option("metrics", "training metrics log for load over training (default: the run's metrics.jsonl)", "")
       .option("device", "cpu or cuda", "cpu")
       .flag("generate", "also route the generated answers (phase generate) and show both phases");

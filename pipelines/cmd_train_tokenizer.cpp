@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <string>
 
+#include "core/limits.h"
 #include "language/tokenizer.h"
 #include "pipelines/args.h"
 #include "pipelines/commands.h"
@@ -15,24 +16,21 @@ namespace mole {
 int cmd_train_tokenizer(int argc, char** argv) {
   Args args("train-tokenizer", "Train a LLaMA-style sentencepiece tokenizer and write a Hugging Face tokenizer folder.");
   args.option("corpus", "text file, one sentence per line", "", true)
-      .option("vocab-size", "sentencepiece pieces (LLaMA: 32000); <image> and <pad> are added after them", "", true)
+      .integer("vocab-size", "sentencepiece pieces (LLaMA: 32000); <image> and <pad> are added after them",
+               std::nullopt, 8, 1000000)
       .option("out", "folder to write tokenizer.model, added_tokens.json, tokenizer_config.json into", "", true)
       .option("model-type", "bpe (as LLaMA) or unigram", "bpe")
-      .option("character-coverage", "share of corpus characters given their own piece (LLaMA: 0.99995)", "1.0")
-      .option("input-sentence-size", "corpus lines to sample (seeded); 0 = all", "0")
-      .option("seed", "sentencepiece's random seed", "1234")
-      .option("model-max-length", "model_max_length written to tokenizer_config.json", "2048")
+      .number("character-coverage", "share of corpus characters given their own piece (LLaMA: 0.99995)", 1.0,
+              0.5, 1.0)
+      .integer("input-sentence-size", "corpus lines to sample (seeded); 0 = all", 0, 0, kMaxCount)
+      .integer("seed", "sentencepiece's random seed", 1234, 0, 4294967295)
+      .integer("model-max-length", "model_max_length written to tokenizer_config.json", 2048, 1, kMaxSequence)
       .flag("verbose", "print sentencepiece's training log");
   if (!args.parse(argc, argv)) return 0;
 
   TrainOptions options;
   options.model_type = args.get("model-type");
-  try {
-    options.character_coverage = std::stod(args.get("character-coverage"));
-  } catch (const std::exception&) {
-    throw UsageError("mole train-tokenizer: --character-coverage must be a number, got '" +
-                     args.get("character-coverage") + "'");
-  }
+  options.character_coverage = args.get_number("character-coverage");
   options.input_sentence_size = args.get_int("input-sentence-size");
   options.seed = static_cast<uint32_t>(args.get_int("seed"));
   options.model_max_length = args.get_int("model-max-length");

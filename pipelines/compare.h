@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fields.h"
+#include "core/limits.h"
 
 namespace mole {
 
@@ -57,7 +58,7 @@ struct CompareEvalSet {
     v("metric", self.metric, "vqav2 (the official VQAv2 accuracy) or scienceqa (the option letter, as "
                              "eval_science_qa.py reads it)");
     v("images", self.images, "folder the questions' images are relative to");
-    v("limit", self.limit, "score the first N questions only (0: all)");
+    v("limit", self.limit, "score the first N questions only (0: all)", between(0, kMaxCount));
     v("text", self.text, "a text-only skill set: retention against the untuned base is reported for it");
   }
 };
@@ -89,7 +90,7 @@ struct CompareConfig {
   template <class Self, class V>
   static void fields(Self& self, V& v) {
     v("out", self.out, "the compare folder");
-    v("seeds", self.seeds, "run.seed of each repetition (init, dropout, routing noise, data order)");
+    v("seeds", self.seeds, "run.seed of each repetition (init, dropout, routing noise, data order)", between(0, 1.8446744073709552e19));
     v("baseline", self.baseline, "the run the paired differences are taken against (default: the first)");
     v("config", self.config, "the run config every run starts from (mole train's run.json without out and "
                              "run.seed)");
@@ -98,10 +99,10 @@ struct CompareConfig {
     v("untuned", self.untuned, "model folder scored as the untuned base (default: config.model.base when no "
                                "projector is put on it, else the folder of model.projector when it holds a mole "
                                "run; \"none\": no base row)");
-    v("max_new_tokens", self.max_new_tokens, "greedy answer length");
-    v("batch_size", self.batch_size, "questions answered per batch");
+    v("max_new_tokens", self.max_new_tokens, "greedy answer length", between(1, kMaxSequence));
+    v("batch_size", self.batch_size, "questions answered per batch", between(1, kMaxBatch));
     v("loss_threshold", self.loss_threshold, "the loss for 'steps to reach' (default: the highest final "
-                                             "logged loss of any run, a level every run reached)");
+                                             "logged loss of any run, a level every run reached)", at_least(0));
   }
   void validate(const FieldPath& at) const;
 

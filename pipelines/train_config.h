@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fields.h"
+#include "core/limits.h"
 #include "data/families.h"
 #include "language/conversation.h"
 #include "model/adapters.h"
@@ -90,16 +91,16 @@ struct DataSection {
   static void fields(Self& self, V& v) {
     v("train", self.train, "LLaVA JSON or JSON Lines training files (a string or a list)");
     v("weights", self.weights, "sampling weight of each train file, in order: an epoch holds round(w x records) of "
-                               "a file (2: each record twice, 0.5: a fresh half each epoch; default 1 each)");
+                               "a file (2: each record twice, 0.5: a fresh half each epoch; default 1 each)", at_least(0));
     v("eval", self.eval, "a held-out LLaVA file whose loss is measured every run.eval_every steps (metrics.jsonl "
                          "\"eval_loss\" lines)");
     v("text_corpus", self.text_corpus, "pretrain: a text file, one text-only sample per non-empty line");
     v("images", self.images, "folder the records' image paths are relative to");
     v("template", self.conversation_template, "conversation template (default: vicuna_v1 for finetune, plain "
                                               "otherwise)");
-    v("max_len", self.max_len, "tokens per sample at most (images are never cut)");
-    v("batch_size", self.batch_size, "samples per micro-batch");
-    v("workers", self.workers, "loader threads building batches ahead of the trainer");
+    v("max_len", self.max_len, "tokens per sample at most (images are never cut)", between(1, kMaxSequence));
+    v("batch_size", self.batch_size, "samples per micro-batch", between(1, kMaxBatch));
+    v("workers", self.workers, "loader threads building batches ahead of the trainer", between(0, kMaxWorkers));
     v("group_by_length", self.group_by_length, "batches of similar length (transformers' megabatches of 50)");
     v("packing", self.packing,
       "a batch's samples packed into rows of up to max_len, no padding between them (the same loss and gradients)");
@@ -127,22 +128,22 @@ struct OptimSection {
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("steps", self.steps, "optimizer steps (0: from epochs)");
-    v("epochs", self.epochs, "passes over the data when steps is 0");
-    v("lr", self.lr, "peak learning rate (AdamW, cosine schedule)");
-    v("projector_lr", self.projector_lr, "learning rate of the projector (0: lr)");
-    v("router_lr", self.router_lr, "learning rate of the MoLE routers (0: lr)");
-    v("weight_decay", self.weight_decay, "decoupled weight decay, on matrices only");
-    v("warmup_ratio", self.warmup_ratio, "share of the steps with a linear warm-up");
-    v("min_lr_ratio", self.min_lr_ratio, "the cosine ends at lr * min_lr_ratio");
-    v("grad_accum", self.grad_accum, "micro-batches per optimizer step");
-    v("clip", self.clip, "max gradient norm (0: no clipping)");
+    v("steps", self.steps, "optimizer steps (0: from epochs)", between(0, kMaxCount));
+    v("epochs", self.epochs, "passes over the data when steps is 0", Bounds{0, 1e6, true});
+    v("lr", self.lr, "peak learning rate (AdamW, cosine schedule)", Bounds{0, 10, true});
+    v("projector_lr", self.projector_lr, "learning rate of the projector (0: lr)", between(0, 10));
+    v("router_lr", self.router_lr, "learning rate of the MoLE routers (0: lr)", between(0, 10));
+    v("weight_decay", self.weight_decay, "decoupled weight decay, on matrices only", between(0, 10));
+    v("warmup_ratio", self.warmup_ratio, "share of the steps with a linear warm-up", between(0, 1));
+    v("min_lr_ratio", self.min_lr_ratio, "the cosine ends at lr * min_lr_ratio", between(0, 1));
+    v("grad_accum", self.grad_accum, "micro-batches per optimizer step", between(1, kMaxBatch));
+    v("clip", self.clip, "max gradient norm (0: no clipping)", between(0, 1e9));
     v("bf16", self.bf16, "bfloat16 autocast (auto: on CUDA, off on CPU)");
     v("activation_checkpointing", self.activation_checkpointing,
       "recompute layers in backward instead of keeping their activations: none | decoder | all (+ vision)");
-    v("beta1", self.beta1, "AdamW beta1");
-    v("beta2", self.beta2, "AdamW beta2");
-    v("eps", self.eps, "AdamW epsilon");
+    v("beta1", self.beta1, "AdamW beta1", unit_open_above());
+    v("beta2", self.beta2, "AdamW beta2", unit_open_above());
+    v("eps", self.eps, "AdamW epsilon", Bounds{0, 1, true});
   }
 };
 
@@ -161,20 +162,20 @@ struct RunSection {
 
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("seed", self.seed, "seed of the initialisation, dropout, routing noise and data order");
-    v("log_every", self.log_every, "steps per metrics line");
+    v("seed", self.seed, "seed of the initialisation, dropout, routing noise and data order", between(0, 1.8446744073709552e19));
+    v("log_every", self.log_every, "steps per metrics line", between(1, kMaxCount));
     v("eval_every", self.eval_every, "steps between measurements of the data.eval loss (0: with data.eval, only at "
-                                     "the end)");
-    v("save_every", self.save_every, "steps between checkpoints (0: only at the end)");
-    v("keep_last", self.keep_last, "checkpoints kept");
-    v("max_bad_steps", self.max_bad_steps, "non-finite steps in a row before the run stops");
-    v("stop_after", self.stop_after, "stop at this step with a checkpoint, to --resume later (0: run to the end)");
-    v("threads", self.threads, "LibTorch threads (0: MOLE_THREADS or every core)");
+                                     "the end)", between(0, kMaxCount));
+    v("save_every", self.save_every, "steps between checkpoints (0: only at the end)", between(0, kMaxCount));
+    v("keep_last", self.keep_last, "checkpoints kept", between(1, 1000000));
+    v("max_bad_steps", self.max_bad_steps, "non-finite steps in a row before the run stops", between(1, kMaxCount));
+    v("stop_after", self.stop_after, "stop at this step with a checkpoint, to --resume later (0: run to the end)", between(0, kMaxCount));
+    v("threads", self.threads, "LibTorch threads (0: MOLE_THREADS or every core)", between(0, kMaxThreads));
     v("device", self.device, "cpu or cuda[:N]");
     v("progress", self.progress, "a progress bar (auto: on a terminal), log lines, or nothing");
     v("profile_step", self.profile_step,
       "write OUT/profile_step_N.json, a chrome trace of the ops of step N's forward and backward (bench/trace_ops.py "
-      "sums it per op; 0: off)");
+      "sums it per op; 0: off)", between(0, kMaxCount));
   }
 };
 

@@ -19,6 +19,7 @@
 
 #include "core/activation.h"
 #include "core/activation_checkpoint.h"
+#include "core/limits.h"
 #include "core/linear.h"
 
 namespace mole {
@@ -42,15 +43,15 @@ struct VisionConfig {
   // The field list, by CLIPVisionConfig's key names.
   template <class Self, class V>
   static void fields(Self& self, V& v) {
-    v("hidden_size", self.hidden_size, "width of the vision transformer");
-    v("intermediate_size", self.intermediate_size, "width of its MLPs");
-    v("num_hidden_layers", self.n_layers, "encoder layers");
-    v("num_attention_heads", self.n_heads, "attention heads");
-    v("num_channels", self.n_channels, "image channels");
-    v("image_size", self.image_size, "input side in pixels");
-    v("patch_size", self.patch_size, "patch side in pixels");
-    v("projection_dim", self.projection_dim, "CLIP's text-image projection (unused by LLaVA)");
-    v("layer_norm_eps", self.layer_norm_eps, "LayerNorm epsilon");
+    v("hidden_size", self.hidden_size, "width of the vision transformer", between(1, kMaxWidth));
+    v("intermediate_size", self.intermediate_size, "width of its MLPs", between(1, kMaxWidth * 4));
+    v("num_hidden_layers", self.n_layers, "encoder layers", between(1, kMaxLayers));
+    v("num_attention_heads", self.n_heads, "attention heads", between(1, kMaxWidth));
+    v("num_channels", self.n_channels, "image channels", between(1, 16));
+    v("image_size", self.image_size, "input side in pixels", between(1, kMaxImageSide));
+    v("patch_size", self.patch_size, "patch side in pixels", between(1, kMaxImageSide));
+    v("projection_dim", self.projection_dim, "CLIP's text-image projection (unused by LLaVA)", between(0, kMaxWidth));
+    v("layer_norm_eps", self.layer_norm_eps, "LayerNorm epsilon", Bounds{0, 1, true});
     v("hidden_act", self.hidden_act, "MLP activation");
   }
   void validate(const FieldPath& at) const;  // heads divide the width, patches tile the image, sizes > 0

@@ -8,6 +8,7 @@
 
 #include "core/json_config.h"
 #include "pipelines/train_config.h"
+#include "vision/clip_vit.h"
 #include "tests/test_util.h"
 
 using namespace mole;
@@ -108,4 +109,65 @@ TEST_CASE("mole train --help documents every run.json field", "[unit][train]") {
                           "optim.lr", "data.batch_size", "run.save_every"})
     CHECK_THAT(out, Contains(key));
   CHECK_THAT(out, Contains("topk_softmax, softmax_topk, noisy_topk"));  // an enum's choices
+}
+
+// The bad-option table for run.json and --set: every numeric field of the run config (the adapter's and the balance
+// losses' included) and of the vision config, at negative, zero, fractional, huge and non-numeric values. Each is
+// an error naming the dotted key, or accepted and then inside the range the field list declares (and --help shows).
+TEST_CASE("bad-option table: every numeric config field refuses what is outside its declared range, naming it",
+          "[unit][train]") {
+  const std::vector<std::string> trials = {"-5", "-1", "0", "2.5", "1e300", "-1e300", "99999999999999999999", "\"abc\"",
+                                           "true"};
+  int64_t fields = 0, refused = 0, accepted = 0;
+  for (const FieldDoc& row : describe_fields<TrainConfig>()) {
+    if (!row.numeric) continue;
+    ++fields;
+    INFO(row.key);
+    REQUIRE(row.bounds.has_value());  // no numeric field without a range
+    const bool list = row.type.rfind("list of", 0) == 0;
+    for (const std::string& text : trials) {
+      INFO(text);
+      json j = minimal_finetune();
+      if (row.key.rfind("model.adapter.", 0) == 0) j["model"]["adapter"]["n_experts"] = 4;
+      apply_override(j, row.key + "=" + (list ? "[" + text + "]" : text));
+      const std::string message = error_of(j);
+      if (message == "(no error)") {
+        ++accepted;
+        const json value = json::parse(text);
+        REQUIRE(value.is_number());
+        CHECK(row.bounds->contains(value.get<double>()));
+        if (row.integer) CHECK(value.is_number_integer());
+      } else {
+        ++refused;
+        CHECK_THAT(message, Contains("run.json: " + row.key));
+      }
+    }
+  }
+  CHECK(fields >= 40);
+  CHECK(refused > accepted);
+  CHECK_THAT(error_of([] {
+               json j = minimal_finetune();
+               j["model"]["adapter"]["n_experts"] = 1024;
+               j["model"]["adapter"]["rank"] = 4096;  // each in range, their product 4M too wide for one layer
+               return j;
+             }()),
+             Contains("model.adapter.n_experts: x rank is 1024 x 4096"));
+
+  for (const FieldDoc& row : describe_fields<VisionConfig>()) {
+    if (!row.numeric) continue;
+    INFO(row.key);
+    REQUIRE(row.bounds.has_value());
+    for (const std::string& text : trials) {
+      INFO(text);
+      json vision = {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 1},
+                     {"num_attention_heads", 2}, {"image_size", 32}, {"patch_size", 16}};
+      vision[row.key] = json::parse(text);
+      try {
+        VisionConfig::from_json(vision, FieldPath{"config.json", "vision_config"});
+        CHECK(row.bounds->contains(vision[row.key].get<double>()));
+      } catch (const ConfigError& e) {
+        CHECK_THAT(e.what(), Contains("config.json: vision_config." + row.key));
+      }
+    }
+  }
 }
