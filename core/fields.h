@@ -269,7 +269,7 @@ template <class T>
 void read_field(const json& value, T& out, const FieldPath& at, const std::string& name, UnknownKeys unknown) {
   auto wrong = [&](const std::string& expected) {
     at.fail(name, "expected " + expected + ", got " + std::string(value.type_name()) +
-                      (value.is_primitive() ? " " + value.dump() : ""));
+                      (value.is_primitive() ? " " + json_excerpt(value) : ""));
   };
   if constexpr (std::is_same_v<T, bool>) {
     if (!value.is_boolean()) wrong("true or false");

@@ -1,6 +1,7 @@
 // Reading config fields from Hugging Face style JSON with errors that name the file and the field.
 #pragma once
 
+#include <cstdint>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,28 @@ using json = nlohmann::json;
 struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// The deepest nesting read from any JSON a user brings (configs, safetensors headers and indexes, LLaVA records,
+// tokenizer files); real files stay under 10. nlohmann's parser itself is iterative, but copying, comparing and
+// dumping a value recurse, so a value nested 10^6 deep would overflow the stack after parsing.
+constexpr int kMaxJsonDepth = 128;
+// The largest input file read into memory whole (a LLaVA-665k JSON is about 1 GB).
+constexpr uint64_t kMaxInputFileBytes = uint64_t(16) << 30;
+
+// Parses [begin, end) as JSON after a linear pass that refuses nesting deeper than kMaxJsonDepth, with a
+// json::parse_error ("... nested deeper than 128 levels") that every caller's json::exception handler already
+// turns into its own message.
+json parse_json_text(const char* begin, const char* end);
+inline json parse_json_text(const std::string& text) { return parse_json_text(text.data(), text.data() + text.size()); }
+
+// A value as short JSON text for an error message: dump() cut to max_chars (with "..."), so a huge or hostile
+// value from a file never fills a message.
+std::string json_excerpt(const json& value, size_t max_chars = 80);
+
+// The bytes of a whole input file. A regular file larger than max_bytes, a folder, a device (/dev/zero) or a
+// socket is refused up front; a pipe is read up to max_bytes. Errors are std::runtime_error "<what> <path>: ...".
+std::string read_input_file(const std::string& path, const std::string& what = "file",
+                            uint64_t max_bytes = kMaxInputFileBytes);
 
 // Parses a whole JSON file; a missing or malformed file is a ConfigError naming it.
 json read_json_file(const std::string& path);

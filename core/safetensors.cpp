@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_config.h"
+
 namespace mole {
 
 namespace fs = std::filesystem;
@@ -29,6 +31,8 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors reading as
 
 // The Rust implementation refuses headers above 100 MB; a larger one is a corrupt length, not a real header.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// Dimensions of one tensor: real checkpoints have at most 5; torch's shape handling is quadratic in the rank.
+constexpr int64_t kMaxTensorRank = 16;
 
 struct DtypeEntry {
   const char* name;
@@ -90,19 +94,22 @@ TensorInfo parse_entry(const std::string& where, const std::string& name, const 
 
   // The byte count is computed with overflow checks: a hostile shape must not wrap around to a small size.
   uint64_t n_bytes = c10::elementSize(*type);
+  if (entry["shape"].size() > size_t(kMaxTensorRank))  // torch's work grows with the rank, even for 0 bytes
+    throw fail("shape has " + std::to_string(entry["shape"].size()) + " dimensions, more than " +
+               std::to_string(kMaxTensorRank));
   for (const auto& dim : entry["shape"]) {
     uint64_t d = 0;
     if (!non_negative_int(dim, &d) || d > uint64_t(INT64_MAX))
-      throw fail("shape " + entry["shape"].dump() + " is not an array of non-negative integers");
+      throw fail("shape " + json_excerpt(entry["shape"]) + " is not an array of non-negative integers");
     info.shape.push_back(int64_t(d));
-    if (__builtin_mul_overflow(n_bytes, d, &n_bytes)) throw fail("shape " + entry["shape"].dump() + " overflows");
+    if (__builtin_mul_overflow(n_bytes, d, &n_bytes)) throw fail("shape " + json_excerpt(entry["shape"]) + " overflows");
   }
   if (!non_negative_int(entry["data_offsets"][0], &info.begin) ||
       !non_negative_int(entry["data_offsets"][1], &info.end))
-    throw fail("'data_offsets' " + entry["data_offsets"].dump() + " are not non-negative integers");
+    throw fail("'data_offsets' " + json_excerpt(entry["data_offsets"]) + " are not non-negative integers");
   if (info.begin > info.end) throw fail("'data_offsets' " + range_str(info) + " has begin > end");
   if (info.end - info.begin != n_bytes)
-    throw fail("shape " + entry["shape"].dump() + " x " + info.dtype + " is " + std::to_string(n_bytes) +
+    throw fail("shape " + json_excerpt(entry["shape"]) + " x " + info.dtype + " is " + std::to_string(n_bytes) +
                " bytes but 'data_offsets' " + range_str(info) + " hold " + std::to_string(info.end - info.begin));
   return info;
 }
@@ -122,7 +129,7 @@ size_t parse_header(const std::string& path, const uint8_t* bytes, size_t size,
 
   json header;
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len);
+    header = parse_json_text(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + header_len));
   } catch (const json::exception& e) {
     throw fail(std::string("header is not valid JSON: ") + e.what());
   }
@@ -283,9 +290,13 @@ TensorStore::TensorStore(const std::string& path) : path_(path) {
   const std::string index = index_path.string();
   json index_json;
   try {
-    std::ifstream in(index);
-    if (!in) throw FormatError(index + ": cannot open");
-    index_json = json::parse(in);
+    std::string text;
+    try {
+      text = read_input_file(index, "safetensors index", uint64_t(kMaxHeaderBytes));
+    } catch (const std::runtime_error& e) {
+      throw FormatError(e.what());
+    }
+    index_json = parse_json_text(text);
   } catch (const json::exception& e) {
     throw FormatError(index + ": not valid JSON: " + e.what());
   }

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "core/json_config.h"
+#include "core/limits.h"
 
 namespace mole {
 
@@ -29,8 +30,9 @@ std::array<uint8_t, 3> ImageProcessorConfig::pad_color() const {
 namespace {
 
 int64_t positive_int(const json& value, const std::string& what, const std::string& where) {
-  if (!value.is_number_integer() || value.get<int64_t>() < 1)
-    throw ConfigError(where + ": " + what + " must be a positive integer, got " + value.dump());
+  if (!value.is_number_integer() || value.get<int64_t>() < 1 || value.get<int64_t>() > kMaxImageSide)
+    throw ConfigError(where + ": " + what + " must be an integer from 1 to " + std::to_string(kMaxImageSide) +
+                      ", got " + json_excerpt(value));
   return value.get<int64_t>();
 }
 
@@ -47,7 +49,7 @@ void read_height_width(const json& value, const std::string& key, int64_t& heigh
     width = positive_int(value["width"], "field '" + key + ".width'", where);
   } else {
     throw ConfigError(where + ": field '" + key + "' must be {\"height\": H, \"width\": W}, [H, W] or an int, got " +
-                      value.dump());
+                      json_excerpt(value));
   }
 }
 
@@ -390,6 +392,7 @@ cv::Mat decode_rgb(const std::vector<uint8_t>& bytes, const std::string& where, 
         << double(options.max_pixels) / 1e6 << " megapixels (ImageReadOptions::max_pixels); not decoded";
     throw ImageError(msg.str(), "image too large");
   }
+  if (options.check_size) options.check_size(info.width, info.height, where);
   // libjpeg fills a truncated JPEG with grey and only warns; PIL refuses one ("image file is truncated"), so do we.
   if (!info.incomplete.empty()) throw ImageError(where + ": truncated " + format + ": " + info.incomplete, "truncated image");
 
@@ -504,6 +507,22 @@ ImageProcessor::ImageProcessor(ImageProcessorConfig config, ImageReadOptions rea
     throw std::invalid_argument("ImageProcessor: do_center_crop needs crop_height and crop_width > 0");
   if (c.resample != Resample::kBilinear && c.resample != Resample::kBicubic)
     throw std::invalid_argument("ImageProcessor: resample must be bilinear (2) or bicubic (3)");
+  // Refuse, from the header, an image whose padded or resized form would not fit the pixel limit: copies of the
+  // settings, not of `this`, so that a copied processor checks with its own.
+  auto previous = read_options_.check_size;
+  read_options_.check_size = [config = config_, previous, limit = read_options_.max_pixels](
+                                 int64_t width, int64_t height, const std::string& where) {
+    if (previous) previous(width, height, where);
+    const int64_t pixels = image_intermediate_pixels(config, width, height);
+    if (pixels > limit) {
+      std::ostringstream msg;
+      msg << where << ": a " << width << "x" << height << " image becomes " << double(pixels) / 1e6
+          << " megapixels when " << (config.pad_to_square ? "padded to a square and " : "")
+          << "resized, more than the limit of " << double(limit) / 1e6
+          << " megapixels (ImageReadOptions::max_pixels); not decoded";
+      throw ImageError(msg.str(), "image too large");
+    }
+  };
 }
 
 cv::Mat ImageProcessor::square_and_resize(const cv::Mat& rgb) const {
@@ -514,6 +533,27 @@ cv::Mat ImageProcessor::square_and_resize(const cv::Mat& rgb) const {
                             ? resize_output_size(image.rows, image.cols, config_.shortest_edge)
                             : cv::Size(int(config_.resize_width), int(config_.resize_height));
   return pil_resize(image, size.width, size.height, config_.resample);
+}
+
+int64_t ImageProcessor::intermediate_pixels(int64_t width, int64_t height) const {
+  return image_intermediate_pixels(config_, width, height);
+}
+
+int64_t image_intermediate_pixels(const ImageProcessorConfig& c, int64_t width, int64_t height) {
+  int64_t w = std::max<int64_t>(width, 1), h = std::max<int64_t>(height, 1);
+  if (c.pad_to_square) w = h = std::max(w, h);
+  int64_t largest = w * h;  // both at most 2^31 (the formats' own limits): no overflow
+  if (c.do_resize) {
+    int64_t rw = c.resize_width, rh = c.resize_height;
+    if (c.shortest_edge > 0) {  // the long side scaled as the short one, in floating point (no overflow)
+      const double scale = double(c.shortest_edge) / double(std::min(w, h));
+      const double rw_f = std::max(1.0, double(w) * scale), rh_f = std::max(1.0, double(h) * scale);
+      if (rw_f * rh_f > 9e18) return INT64_MAX;
+      rw = int64_t(rw_f), rh = int64_t(rh_f);
+    }
+    largest = std::max(largest, rw * rh);
+  }
+  return largest;
 }
 
 torch::Tensor ImageProcessor::process(const cv::Mat& rgb) const {

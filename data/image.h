@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -51,6 +52,9 @@ struct ImageReadOptions {
   /// Image.open + convert("RGB"), which ignores the tag (OpenCV's imread would apply it), and the model was
   /// trained on the unrotated pixels.
   bool apply_exif_orientation = false;
+  /// Called with the header's size before decoding; what it throws refuses the image (ImageProcessor checks that
+  /// its padded and resized intermediates stay within max_pixels). Empty: none.
+  std::function<void(int64_t width, int64_t height, const std::string& where)> check_size;
 };
 
 enum class ImageFormat { kPng, kJpeg, kWebp, kBmp };
@@ -130,6 +134,11 @@ cv::Mat center_crop(const cv::Mat& image, int height, int width);
 
 // The whole pipeline on a decoded RGB image. Stateless apart from its configuration, so one instance can serve
 // many data-loader threads.
+// The largest image ImageProcessor::square_and_resize makes from a width x height input under `config`, in
+// pixels (the padded square or the resized image, whichever is larger), computed without allocating. A 64000 x 1
+// PNG is 142 bytes, but padded it is 4.1 gigapixels, and resized to a shortest edge of 336 it is 21.5M x 336.
+int64_t image_intermediate_pixels(const ImageProcessorConfig& config, int64_t width, int64_t height);
+
 class ImageProcessor {
  public:
   explicit ImageProcessor(ImageProcessorConfig config = {}, ImageReadOptions read_options = {});
@@ -138,6 +147,8 @@ class ImageProcessor {
 
   // expand2square (when pad_to_square) then the resize: uint8 (H', W', 3), before crop, rescale and normalise.
   cv::Mat square_and_resize(const cv::Mat& rgb) const;
+  // image_intermediate_pixels under this processor's config.
+  int64_t intermediate_pixels(int64_t width, int64_t height) const;
   // pixel_values: float32 (3, crop_height, crop_width) (or the resized size without do_center_crop).
   torch::Tensor process(const cv::Mat& rgb) const;
   // load_rgb + process.

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/json_config.h"
+
 namespace mole {
 
 using json = nlohmann::json;
@@ -112,7 +114,7 @@ std::string parse_llava_record(const json& j, int64_t index, LlavaRecord* out) {
   if (!j.is_object()) return "record is not a JSON object";
   if (j.contains("id")) {
     const auto& id = j["id"];
-    out->id = id.is_string() ? id.get<std::string>() : id.dump();
+    out->id = id.is_string() ? id.get<std::string>() : json_excerpt(id, 64);
   }
   out->category.clear();
   if (j.contains("category") && j["category"].is_string()) out->category = j["category"].get<std::string>();
@@ -208,11 +210,12 @@ std::vector<std::string> split_json_array(const std::string& text, const std::st
 }
 
 LlavaDataset read_llava_dataset(const std::string& path, bool strict) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(path + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  std::string text = buffer.str();
+  std::string text;
+  try {
+    text = read_input_file(path, "LLaVA data");
+  } catch (const std::runtime_error& e) {
+    throw DataError(e.what());
+  }
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) throw DataError(path + ": empty file");
 
@@ -234,13 +237,15 @@ LlavaDataset read_llava_dataset(const std::string& path, bool strict) {
     LlavaRecord record;
     std::string problem;
     try {
-      json j = json::parse(items[i]);
+      json j = parse_json_text(items[i]);
       if (j.is_object() && (j.contains("conversations") || j.contains("messages"))) ++llava_shaped;
       problem = parse_llava_record(j, static_cast<int64_t>(i), &record);
     } catch (const json::exception& e) {
       record.id = "#" + std::to_string(i);
       std::string what = e.what();
-      problem = what.find("UTF-8") != std::string::npos ? "invalid UTF-8" : "malformed JSON record";
+      problem = what.find("UTF-8") != std::string::npos          ? "invalid UTF-8"
+                : what.find("nested deeper") != std::string::npos ? "JSON nested too deep"
+                                                                    : "malformed JSON record";
     }
     record.file = path;
     if (problem.empty()) {

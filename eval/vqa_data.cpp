@@ -88,7 +88,7 @@ void for_each_json_line(const std::string& path,
     const std::string where = path + ": line " + std::to_string(n);
     json e;
     try {
-      e = json::parse(line);
+      e = parse_json_text(line);
     } catch (const json::exception& err) {
       throw DataError(where + ": not valid JSON: " + err.what());
     }

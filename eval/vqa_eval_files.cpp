@@ -113,10 +113,14 @@ std::vector<std::string> read_question_ids(const std::string& path) {
   json doc;
   bool whole = true;  // one JSON document (else JSON Lines)
   {
-    std::ifstream in(path);
-    if (!in) throw DataError(path + ": cannot open");
+    std::string text;
     try {
-      doc = json::parse(in);
+      text = read_input_file(path, "VQA file");
+    } catch (const std::runtime_error& e) {
+      throw DataError(e.what());
+    }
+    try {
+      doc = parse_json_text(text);
     } catch (const json::exception&) {
       whole = false;
     }

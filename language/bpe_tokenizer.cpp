@@ -98,7 +98,7 @@ struct Json {
 
 int64_t id_of(const Json& j, const json& v, const std::string& key) {
   if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
-    j.fail(key, "expected an id (an integer from 0 to 2^31-1), got " + v.dump());
+    j.fail(key, "expected an id (an integer from 0 to 2^31-1), got " + json_excerpt(v));
   return v.get<int64_t>();
 }
 
@@ -378,7 +378,7 @@ void ByteLevelBpe::Impl::load_model(const Json& j, const json& model) {
       a = line.substr(0, space), b = line.substr(space + 1);
     } else {
       if (!m[i].is_array() || m[i].size() != 2 || !m[i][0].is_string() || !m[i][1].is_string())
-        j.fail(key, "expected a pair of strings [\"a\", \"b\"], got " + m[i].dump());
+        j.fail(key, "expected a pair of strings [\"a\", \"b\"], got " + json_excerpt(m[i]));
       a = m[i][0].get<std::string>(), b = m[i][1].get<std::string>();
     }
     for (const std::string& token : {a, b, a + b})
@@ -414,7 +414,7 @@ void ByteLevelBpe::Impl::load_pre_tokenizer(const Json& j, const json& pre) {
       j.only_keys(step, key, {"type", "pattern", "behavior", "invert"});
       const json& pattern = j.need(step, key, "pattern");
       if (!pattern.is_object() || !pattern.contains("Regex"))
-        j.fail(key + ".pattern", pattern.dump() + " is not supported (only {\"Regex\": \"...\"})");
+        j.fail(key + ".pattern", json_excerpt(pattern) + " is not supported (only {\"Regex\": \"...\"})");
       j.only_keys(pattern, key + ".pattern", {"Regex"});
       const std::string behavior = j.string_of(j.need(step, key, "behavior"), key + ".behavior");
       if (behavior != "Isolated") j.fail(key + ".behavior", "'" + behavior + "' is not supported (only Isolated)");
@@ -503,7 +503,7 @@ void ByteLevelBpe::Impl::load_post_processor(const Json& j, const json& post, co
           (n_sequences == 0 ? pre : post_ids).push_back(v);
         }
       } else {
-        j.fail(pkey, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}, got " + piece.dump());
+        j.fail(pkey, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}, got " + json_excerpt(piece));
       }
     }
     if (n_sequences != 1) j.fail(key + ".single", "must hold the sequence exactly once");
@@ -518,11 +518,15 @@ ByteLevelBpe ByteLevelBpe::load(const std::string& tokenizer_json_path) {
   auto impl = std::make_shared<Impl>();
   impl->source = tokenizer_json_path;
   const Json j{tokenizer_json_path};
-  std::ifstream in(tokenizer_json_path, std::ios::binary);
-  if (!in) throw TokenizerError(tokenizer_json_path + ": cannot open");
+  std::string text;
+  try {
+    text = read_input_file(tokenizer_json_path, "tokenizer");
+  } catch (const std::runtime_error& e) {
+    throw TokenizerError(e.what());
+  }
   json root;
   try {
-    root = json::parse(in);
+    root = parse_json_text(text);
   } catch (const json::exception& e) {
     throw TokenizerError(tokenizer_json_path + ": not valid JSON: " + e.what());
   }

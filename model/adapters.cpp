@@ -275,7 +275,7 @@ AdapterConfig load_peft_adapter(const std::string& dir, Llava& model) {
   bool projector_saved = false;
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty()) {
     if (j["modules_to_save"] != json::array({"multi_modal_projector"}))
-      throw ConfigError(config_path + ": modules_to_save " + j["modules_to_save"].dump() +
+      throw ConfigError(config_path + ": modules_to_save " + json_excerpt(j["modules_to_save"]) +
                         " is not supported (only [\"multi_modal_projector\"])");
     projector_saved = true;
   }

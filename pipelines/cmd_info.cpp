@@ -12,6 +12,7 @@
 #include <torch/version.h>
 
 #include "core/json_config.h"
+#include "core/limits.h"
 #include "core/linear.h"
 #include "core/safetensors.h"
 #include "model/llava_loader.h"
@@ -23,7 +24,15 @@ namespace mole {
 
 int configure_threads() {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("MOLE_THREADS")) threads = std::atoi(env);
+  if (const char* env = std::getenv("MOLE_THREADS")) {
+    const std::string text = env;
+    char* end = nullptr;
+    const long long n = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || end != text.c_str() + text.size() || n < 1 || n > kMaxThreads)
+      throw std::runtime_error("MOLE_THREADS must be an integer from 1 to " + std::to_string(kMaxThreads) +
+                               ", got '" + text + "'");
+    threads = int(n);
+  }
   if (threads > 0) torch::set_num_threads(threads);
   return torch::get_num_threads();
 }

@@ -48,10 +48,14 @@ bool starts_as_list(const std::string& path) {
 // The whole file as one JSON document; a null json when it is not one (e.g. JSON Lines), with the parser's
 // message in *error.
 json try_parse(const std::string& path, std::string* error = nullptr) {
-  std::ifstream in(path);
-  if (!in) throw DataError(path + ": cannot open");
+  std::string text;
   try {
-    return json::parse(in);
+    text = read_input_file(path, "results or annotation file");
+  } catch (const std::runtime_error& e) {
+    throw DataError(e.what());
+  }
+  try {
+    return parse_json_text(text);
   } catch (const json::exception& e) {
     if (error) *error = e.what();
     return json();
@@ -74,7 +78,7 @@ std::string detect_format(const std::string& path, const json& doc, const std::s
     while (std::getline(in, line) && line.find_first_not_of(" \t\r\n") == std::string::npos) {
     }
     try {
-      json first = json::parse(line);
+      json first = parse_json_text(line);
       if (first.is_object() && first.contains("label")) return "pope";
     } catch (const json::exception&) {
     }

@@ -103,8 +103,12 @@ void apply_override(json& config, const std::string& assignment) {
   if (eq == std::string::npos || eq == 0)
     throw ConfigError("--set " + assignment + ": expected KEY=VALUE, e.g. optim.lr=1e-3");
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
-  json value = json::parse(text, nullptr, false);
-  if (value.is_discarded()) value = text;
+  json value;
+  try {
+    value = parse_json_text(text);
+  } catch (const json::exception&) {
+    value = text;  // not JSON: the text itself (--set model.base=/path)
+  }
   json* node = &config;
   size_t start = 0;
   for (;;) {

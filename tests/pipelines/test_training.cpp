@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <ATen/autocast_mode.h>
+#include <opencv2/imgcodecs.hpp>
 #include <torch/torch.h>
 
 #include "core/dtype.h"
@@ -532,7 +533,8 @@ TEST_CASE("odd and bad records: training finishes, trains every good one, counts
   const std::string dir = mole::test::scratch_dir("training_odd_records");
   const std::string img = "images/train/000000.png", img2 = "images/train/000001.png";
   // Good: plain, two images in one turn, images in two turns, gpt first, a system turn, messages with parts, an
-  // image without a tag. Bad: a missing image, two images for one tag, and bad_injected, which the hook fails.
+  // image without a tag. Bad: a missing image, two images for one tag, bad_injected, which the hook fails, and an
+  // image of 64000 x 1 pixels, refused from its header.
   const std::vector<std::string> good = {"plain", "two_images", "two_turns", "gpt_first", "system", "messages", "no_tag"};
   std::ofstream(dir + "/odd.json") << R"([
     {"id": "plain", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "<image>\nWhat shape?"}, {"from": "gpt", "value": "A star."}]},
@@ -545,12 +547,15 @@ TEST_CASE("odd and bad records: training finishes, trains every good one, counts
     {"id": "no_tag", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "What colour?"}, {"from": "gpt", "value": "Green."}]},
     {"id": "bad_missing", "image": "images/train/gone.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]},
     {"id": "bad_two_for_one", "image": [")" + img + R"(", ")" + img2 + R"("], "conversations": [{"from": "human", "value": "<image>\nWhich?"}, {"from": "gpt", "value": "B."}]},
-    {"id": "bad_injected", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "C."}]}
+    {"id": "bad_injected", "image": ")" + img + R"(", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "C."}]},
+    {"id": "bad_wide", "image": "images/train/wide_64000x1.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "D."}]}
   ])";
+  // A 64000 x 1 PNG (a few hundred bytes): padded to a square it would be 4 gigapixels, 12 GB of RGB.
+  REQUIRE(cv::imwrite(s.data + "/images/train/wide_64000x1.png", cv::Mat(1, 64000, CV_8UC3, cv::Scalar(0, 0, 255))));
   json config = finetune_config(dir + "/run");
   config["data"]["train"] = dir + "/odd.json";
   config["data"]["workers"] = 0;  // records are prepared as batches are taken: the hook sees exactly one epoch
-  config["optim"]["steps"] = 2;   // 10 records, batches of 4, 2 per step: the 3 batches of one epoch (and 1 more)
+  config["optim"]["steps"] = 2;   // 11 records, batches of 4, 2 per step: the 3 batches of one epoch (and 1 more)
   config["optim"]["grad_accum"] = 2;
   std::multiset<std::string> prepared;
   TrainHooks hooks;
@@ -565,7 +570,8 @@ TEST_CASE("odd and bad records: training finishes, trains every good one, counts
   for (const std::string& id : good) CHECK(prepared.count(id) >= 1);
   const std::map<std::string, int64_t> expected = {{"image file missing", 1},
                                                    {"<image> tags (1) do not match images (2)", 1},
-                                                   {"sample failed: injected failure", 1}};
+                                                   {"sample failed: injected failure", 1},
+                                                   {"image too large", 1}};
   CHECK(result.skipped.counts() == expected);
   const json j = result.skipped.to_json();
   for (const auto& [reason, entry] : j["reasons"].items()) CHECK(entry["first_files"][0] == dir + "/odd.json");
