@@ -50,7 +50,7 @@ struct RoutingOptions {
     v("jitter", self.jitter(), "Switch jitter on the router input while training (0: off)", unit_open_above());
     v("routing_mode", self.mode(), "learned, or modality-aware (docs/MOE.md \"Modality-aware routing\")");
     v("expert_modality", self.expert_modality(),
-      "modality_grouped: each expert's modality (0 text, 1 image, -1 shared by all)", between(0, kMaxModalities - 1));
+      "modality_grouped: each expert's modality (0 text, 1 image, -1 shared by all)", between(-1, kMaxModalities - 1));
   }
 };
 
