@@ -59,7 +59,7 @@ struct Json {
   void only_keys(const json& obj, const std::string& key, std::initializer_list<const char*> known) const {
     if (!obj.is_object()) fail(key, std::string("expected an object, got ") + obj.type_name());
     for (const auto& [k, v] : obj.items())
-      if (std::none_of(known.begin(), known.end(), [&](const char* n) { return k == n; })) {
+      if (std::none_of(known.begin(), known.end(), [&k = k](const char* n) { return k == n; })) {
         std::string list;
         for (const char* n : known) list += std::string(list.empty() ? "" : ", ") + n;
         fail(sub(key, k), "unknown key (known here: " + list + ")");

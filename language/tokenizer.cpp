@@ -153,7 +153,7 @@ Tokenizer Tokenizer::load(const std::string& dir_or_file) {
                              " but piece " + std::to_string(id) + " of " + t.source_ + " is '" +
                              t.sp_->IdToPiece(id) + "'");
       auto same = std::find_if(t.split_tokens_.begin(), t.split_tokens_.end(),
-                               [&](const AddedToken& s) { return s.id == id; });
+                               [id = id](const AddedToken& s) { return s.id == id; });  // (C++17: no binding captures)
       if (same != t.split_tokens_.end()) *same = token;
       else t.split_tokens_.push_back(token);  // a normal piece declared as a token: matched whole
       continue;
