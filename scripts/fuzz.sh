@@ -19,10 +19,12 @@ if [ -z "$cxx" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || { echo "fuzz: no .venv (run scripts/setup.sh first)"; exit 1; }
+mkdir -p build-fuzz
 if [ ! -f build-fuzz/build.ninja ]; then
-  cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    >build-fuzz/cmake.log 2>&1 || { cat build-fuzz/cmake.log; exit 1; }
 fi
-ninja -C build-fuzz >/dev/null
+ninja -C build-fuzz >build-fuzz/ninja.log 2>&1 || { tail -40 build-fuzz/ninja.log; exit 1; }
 mkdir -p build-fuzz/findings
 status=0
 printf '%-12s %8s %12s %8s %10s  %s\n' harness seconds executions exec/s corpus finding
